@@ -1,0 +1,23 @@
+"""funcnn: a functional neural-network library on JAX with hand-written, cross-checked gradients.
+
+    import funcnn as fn
+    model = fn.nn.serial(fn.nn.Flatten(), fn.nn.Dense(64), fn.nn.Sigmoid(), fn.nn.Dense(10))
+
+Sub-modules are imported on first use, so `import funcnn` stays fast.
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+_SUBMODULES = ("nn", "losses", "init", "regularizers", "optim", "backprop", "gradcheck", "train",
+               "data", "diagnostics", "tune", "ensemble", "checkpoint", "plot", "parallel")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"funcnn.{name}")
+    raise AttributeError(f"module 'funcnn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_SUBMODULES))

@@ -1,0 +1,73 @@
+"""The manual backprop engine: gradients from the layers' and losses' hand-written rules only.
+
+The four equations of the notes, run by `Layer.backward` in reverse layer order:
+    δᴸ = ∇ₐC ⊙ σ'(zᴸ)   (the loss's `.grad`, then the last layer's backward)
+    δˡ = ((Wˡ⁺¹)ᵀ δˡ⁺¹) ⊙ σ'(zˡ),   ∂C/∂Wˡ = (aˡ⁻¹)ᵀ δˡ,   ∂C/∂bˡ = Σ_batch δˡ.
+No `jax.grad` or `jax.vjp` is involved; `fn.gradcheck` compares the result with both.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcnn.nn.core import Layer
+
+
+def value_and_grad(model: Layer, loss, **loss_kwargs):
+    """Build `f(params, state, x, y, *, key=None, train=True) -> ((loss, new_state), grads)`.
+
+    `grads` has the structure of `params` and comes from `loss.grad` and `model.backward`.
+    Keyword arguments are passed to the loss and its gradient (e.g. `margin=` of a hinge).
+
+    >>> vg = fn.backprop.value_and_grad(model, fn.losses.softmax_cross_entropy)
+    >>> (value, state), grads = jax.jit(vg)(params, state, x, labels)
+    """
+
+    def run(params, state, x, y, *, key=None, train=True):
+        outputs, new_state, residuals = model.forward(params, state, x, key=key, train=train)
+        value = loss(outputs, y, **loss_kwargs)
+        grads, _ = model.backward(params, residuals, loss.grad(outputs, y, **loss_kwargs))
+        return (value, new_state), grads
+
+    return run
+
+
+def _zero_cotangent(leaf):
+    """The zero cotangent of a primal leaf: zeros for floats, float0 for ints and bools."""
+    if jnp.issubdtype(leaf.dtype, jnp.inexact):
+        return jnp.zeros_like(leaf)
+    return np.zeros(leaf.shape, jax.dtypes.float0)
+
+
+def custom_vjp(model: Layer) -> Layer:
+    """The same model, whose `apply` differentiates through the hand-written `backward`.
+
+    `jax.grad` of anything built on the returned model's `apply` calls `model.forward` on the way
+    forward and `model.backward` on the way back (via `jax.custom_vjp`), so an optimiser loop
+    written with `jax.grad` trains on the hand-written rules. The returned state carries no
+    gradient (its cotangent is dropped), as for running statistics.
+    """
+
+    def apply(params, state, x, *, key=None, train=False):
+        @jax.custom_vjp
+        def run(params, state, x):
+            return model.apply(params, state, x, key=key, train=train)
+
+        def run_forward(params, state, x):
+            y, new_state, residuals = model.forward(params, state, x, key=key, train=train)
+            return (y, new_state), (params, state, x, residuals)
+
+        def run_backward(saved, cotangents):
+            params, state, x, residuals = saved
+            dy, _ = cotangents
+            dparams, dx = model.backward(params, residuals, dy)
+            dx = dx if jnp.issubdtype(x.dtype, jnp.inexact) else _zero_cotangent(x)
+            return dparams, jax.tree.map(_zero_cotangent, state), dx
+
+        run.defvjp(run_forward, run_backward)
+        return run(params, state, x)
+
+    return dataclasses.replace(model, name=f"custom_vjp({model.name})", apply_fn=apply)

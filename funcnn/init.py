@@ -1,0 +1,120 @@
+"""Weight initializers: `initializer(key, shape, dtype=jnp.float32) -> array`.
+
+Fan-in and fan-out follow the kernel layout: a dense kernel (in, out) has fan_in = in and
+fan_out = out; a conv kernel (kh, kw, cin, cout) has fan_in = kh·kw·cin, fan_out = kh·kw·cout;
+a vector (a bias) has fan_in = fan_out = its length. Parameter-free initializers are used
+directly (`he_normal(key, shape)`); parametrised ones are factories (`normal(0.01)`).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def fans(shape) -> tuple[int, int]:
+    """(fan_in, fan_out) of a kernel: the last axis is the output, the one before the input,
+    any axes in front form the receptive field (kh·kw for a conv kernel)."""
+    shape = tuple(shape)
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    receptive = math.prod(shape[:-2])
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+def zeros(key, shape, dtype=jnp.float32):
+    """All zeros (the usual bias initializer)."""
+    del key
+    return jnp.zeros(shape, dtype)
+
+
+def ones(key, shape, dtype=jnp.float32):
+    """All ones (the usual batch-norm scale)."""
+    del key
+    return jnp.ones(shape, dtype)
+
+
+def constant(value):
+    """Every entry equal to `value`."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        return jnp.full(shape, value, dtype)
+
+    return init
+
+
+def normal(stddev=0.01):
+    """N(0, stddev²) — the notes' small random numbers, e.g. 0.01·randn."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return stddev * jax.random.normal(key, shape, dtype)
+
+    return init
+
+
+def uniform(scale=0.01):
+    """U[−scale, scale]."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+    return init
+
+
+def lecun_normal(key, shape, dtype=jnp.float32):
+    """N(0, 1/fan_in): the notes' w ~ randn/√n, keeping Var(z) ≈ Var(x)."""
+    fan_in, _ = fans(shape)
+    return normal(1.0 / math.sqrt(fan_in))(key, shape, dtype)
+
+
+def glorot_uniform(key, shape, dtype=jnp.float32):
+    """Xavier/Glorot uniform: U[−√(6/(fan_in+fan_out)), +√(6/(fan_in+fan_out))]."""
+    fan_in, fan_out = fans(shape)
+    return uniform(math.sqrt(6.0 / (fan_in + fan_out)))(key, shape, dtype)
+
+
+def glorot_normal(key, shape, dtype=jnp.float32):
+    """Xavier/Glorot normal: N(0, 2/(fan_in+fan_out)) (torch.nn.init.xavier_normal_)."""
+    fan_in, fan_out = fans(shape)
+    return normal(math.sqrt(2.0 / (fan_in + fan_out)))(key, shape, dtype)
+
+
+def he_normal(key, shape, dtype=jnp.float32):
+    """He/Kaiming normal for ReLU nets: N(0, 2/fan_in) (torch kaiming_normal_, fan_in mode)."""
+    fan_in, _ = fans(shape)
+    return normal(math.sqrt(2.0 / fan_in))(key, shape, dtype)
+
+
+def he_uniform(key, shape, dtype=jnp.float32):
+    """He/Kaiming uniform: U[−√(6/fan_in), √(6/fan_in)] (variance 2/fan_in)."""
+    fan_in, _ = fans(shape)
+    return uniform(math.sqrt(6.0 / fan_in))(key, shape, dtype)
+
+
+def sparse(connections=10, stddev=0.01):
+    """Sparse init (Martens 2010): each unit has exactly `connections` non-zero incoming weights.
+
+    For a kernel (..., in, out), each of the `out` units draws `connections` distinct incoming
+    coordinates among the fan_in = prod(shape[:-1]) of them; those weights are N(0, stddev²).
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        shape = tuple(shape)
+        if len(shape) < 2:
+            raise ValueError(f"sparse: expected a kernel shape (..., in, out) with at least 2 "
+                             f"axes, received {shape}")
+        fan_in, units = math.prod(shape[:-1]), shape[-1]
+        if not 0 < connections <= fan_in:
+            raise ValueError(f"sparse: expected 1 ≤ connections ≤ fan_in = {fan_in}, "
+                             f"received connections={connections}")
+        pick_key, value_key = jax.random.split(key)
+        ranks = jnp.argsort(jnp.argsort(jax.random.uniform(pick_key, (units, fan_in)), axis=1),
+                            axis=1)
+        mask = (ranks < connections).T.reshape(shape)
+        return jnp.where(mask, normal(stddev)(value_key, shape, dtype), jnp.zeros(shape, dtype))
+
+    return init

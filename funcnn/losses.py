@@ -1,0 +1,342 @@
+"""Losses `loss(outputs, targets, **kw) -> scalar`, each with its hand-written `loss.grad`.
+
+`loss.grad(outputs, targets, **kw)` is ∂loss/∂outputs (the δᴸ that starts backprop), written
+by hand from the formula in the docstring, never by autodiff. `loss.branches(...)` returns the
+discrete side of every kink (hinge active or not, sign of f − y) for `fn.gradcheck`.
+
+Reductions: element-wise losses (mean_squared_error, l1, binary_cross_entropy,
+sigmoid_binary_cross_entropy) average over all elements, as PyTorch; per-example losses sum
+over the classes of an example and average over the batch. Labels are int class ids of shape
+(batch,) or probability rows of shape (batch, classes) where the docstring says so.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcnn.nn.core import describe_shape
+
+LOG_FLOOR = -100.0  # log p is clamped here (as PyTorch's BCELoss) so p = 0 gives a finite loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A loss with its hand-written gradient; call it, or call `.grad` for ∂loss/∂outputs."""
+
+    name: str
+    value_fn: Callable[..., Any]
+    grad_fn: Callable[..., Any]
+    check_fn: Callable[..., None]
+    branches_fn: Callable[..., Any] | None = None
+
+    def __call__(self, outputs, targets, **kwargs):
+        self.check_fn(outputs, targets)
+        return self.value_fn(outputs, targets, **kwargs)
+
+    def grad(self, outputs, targets, **kwargs):
+        """∂loss/∂outputs, from the hand-written formula."""
+        self.check_fn(outputs, targets)
+        return self.grad_fn(outputs, targets, **kwargs)
+
+    def branches(self, outputs, targets, **kwargs):
+        """The side of every kink at these outputs; `()` for a smooth loss."""
+        if self.branches_fn is None:
+            return ()
+        return self.branches_fn(outputs, targets, **kwargs)
+
+    @property
+    def __doc__(self):
+        return self.value_fn.__doc__
+
+    def __repr__(self):
+        return f"funcnn.losses.{self.name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks.
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_same_shape(name):
+    def check(outputs, targets):
+        if jnp.shape(outputs) != jnp.shape(targets):
+            raise ValueError(f"{name}: expected targets of the outputs' shape "
+                             f"{describe_shape(jnp.shape(outputs))}, received "
+                             f"{describe_shape(jnp.shape(targets))}")
+    return check
+
+
+def _check_labels(name):
+    """Outputs (batch, classes); labels int (batch,) in [0, classes), or rows (batch, classes)."""
+
+    def check(outputs, labels):
+        shape, lshape = jnp.shape(outputs), jnp.shape(labels)
+        if len(shape) != 2:
+            raise ValueError(f"{name}: expected outputs of shape (batch, classes), received "
+                             f"{describe_shape(shape)}")
+        if jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+            if lshape != shape[:1]:
+                raise ValueError(f"{name}: expected int labels of shape ({shape[0]},) for "
+                                 f"outputs {describe_shape(shape)}, received "
+                                 f"{describe_shape(lshape)}")
+            if _is_concrete(labels) and np.size(labels):
+                values = np.asarray(labels)
+                low, high = int(values.min()), int(values.max())
+                if low < 0 or high >= shape[1]:
+                    bad = low if low < 0 else high
+                    raise ValueError(f"{name}: expected labels in [0, {shape[1]}) for "
+                                     f"{shape[1]} classes, received label {bad}")
+        elif lshape != shape:
+            raise ValueError(f"{name}: expected labels as int class ids of shape ({shape[0]},) or "
+                             f"probability rows of shape {describe_shape(shape)}, received "
+                             f"{describe_shape(lshape)} of dtype {jnp.result_type(labels)}")
+    return check
+
+
+def _as_rows(labels, outputs):
+    """Int class ids → one-hot rows in the outputs' dtype; probability rows pass through."""
+    if jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        return jax.nn.one_hot(labels, outputs.shape[-1], dtype=outputs.dtype)
+    return labels.astype(outputs.dtype)
+
+
+def _clamped_log(p):
+    return jnp.maximum(jnp.log(p), LOG_FLOOR)
+
+
+# ---------------------------------------------------------------------------------------------
+# Regression losses.
+
+
+def _mse(f, y):
+    """Mean squared error mean((f − y)²) over all elements (torch mse_loss).
+
+    Gradient: ∂L/∂f = 2(f − y)/n, n the number of elements.
+    """
+    return jnp.mean((f - y) ** 2)
+
+
+def _mse_grad(f, y):
+    return 2 * (f - y) / f.size
+
+
+mean_squared_error = Loss("mean_squared_error", _mse, _mse_grad, _check_same_shape("mean_squared_error"))
+
+
+def _l1(f, y):
+    """Mean absolute error mean|f − y| over all elements. Gradient sign(f − y)/n."""
+    return jnp.mean(jnp.abs(f - y))
+
+
+def _l1_grad(f, y):
+    return jnp.sign(f - y) / f.size
+
+
+def _l1_branches(f, y):
+    return jnp.sign(f - y)
+
+
+l1 = Loss("l1", _l1, _l1_grad, _check_same_shape("l1"), _l1_branches)
+
+
+# ---------------------------------------------------------------------------------------------
+# Binary and multi-label losses.
+
+
+def _bce(p, t):
+    """Binary cross-entropy on probabilities, averaged over all elements.
+
+    L = mean(−t ln p − (1 − t) ln(1 − p)), ln clamped at −100 as torch.nn.BCELoss.
+    Gradient: (p − t) / (p(1 − p)) / n, the denominator floored at 1e-12.
+    """
+    return -jnp.mean(t * _clamped_log(p) + (1 - t) * _clamped_log(1 - p))
+
+
+def _bce_grad(p, t):
+    # d/dp [−t ln p − (1−t) ln(1−p)] = (p − t) / (p(1 − p)); the denominator is floored as
+    # PyTorch does so that p ∈ {0, 1} gives a large finite gradient, not inf/nan.
+    return (p - t) / jnp.maximum(p * (1 - p), 1e-12) / p.size
+
+
+binary_cross_entropy = Loss("binary_cross_entropy", _bce, _bce_grad,
+                            _check_same_shape("binary_cross_entropy"))
+
+
+def _log_sigmoid_pair(z):
+    """(log σ(z), log(1 − σ(z))) computed stably: log σ(z) = −softplus(−z)."""
+    return -jax.nn.softplus(-z), -jax.nn.softplus(z)
+
+
+def _sigmoid_bce(z, t):
+    """Binary cross-entropy on logits, averaged over all elements.
+
+    L = mean(softplus(z) − t·z), computed with log σ(z) = −softplus(−z) (stable at |z| = 1e4).
+    Gradient: (σ(z) − t)/n.
+    """
+    log_p, log_not_p = _log_sigmoid_pair(z)
+    return -jnp.mean(t * log_p + (1 - t) * log_not_p)
+
+
+def _sigmoid_bce_grad(z, t):
+    return (jax.nn.sigmoid(z) - t) / z.size
+
+
+sigmoid_binary_cross_entropy = Loss("sigmoid_binary_cross_entropy", _sigmoid_bce, _sigmoid_bce_grad,
+                                    _check_same_shape("sigmoid_binary_cross_entropy"))
+
+
+def _multilabel_logistic(z, t):
+    """Independent logistic regression per attribute (cs231n).
+
+    L_i = Σ_j −y_ij log σ(s_j) − (1 − y_ij) log(1 − σ(s_j)), y ∈ {0, 1}, averaged over the batch.
+    Gradient: (σ(s) − y)/batch.
+    """
+    log_p, log_not_p = _log_sigmoid_pair(z)
+    return -jnp.mean(jnp.sum(t * log_p + (1 - t) * log_not_p, axis=-1))
+
+
+def _multilabel_logistic_grad(z, t):
+    return (jax.nn.sigmoid(z) - t) / z.shape[0]
+
+
+multilabel_logistic = Loss("multilabel_logistic", _multilabel_logistic, _multilabel_logistic_grad,
+                           _check_same_shape("multilabel_logistic"))
+
+
+def _multilabel_hinge(s, y, margin=1.0):
+    """Binary hinge per attribute: L_i = Σ_j max(0, Δ − y_ij s_j), y ∈ {−1, +1}.
+
+    Averaged over the batch. Gradient: −y_ij/batch where the margin Δ − y_ij s_j > 0, else 0.
+    """
+    return jnp.mean(jnp.sum(jnp.maximum(0, margin - y * s), axis=-1))
+
+
+def _multilabel_hinge_grad(s, y, margin=1.0):
+    return jnp.where(margin - y * s > 0, -y, jnp.zeros_like(s)) / s.shape[0]
+
+
+def _multilabel_hinge_branches(s, y, margin=1.0):
+    return margin - y * s > 0
+
+
+multilabel_hinge = Loss("multilabel_hinge", _multilabel_hinge, _multilabel_hinge_grad,
+                        _check_same_shape("multilabel_hinge"), _multilabel_hinge_branches)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-class losses.
+
+
+def _softmax_xent(z, labels):
+    """Softmax cross-entropy on logits z: L_i = −Σ_j y_ij log softmax(z_i)_j.
+
+    Averaged over the batch. labels: int (batch,) or probability rows (batch, classes).
+    Gradient: (softmax(z)·Σ_j y_j − y)/batch, i.e. (a − y)/batch for one-hot y.
+
+    >>> float(softmax_cross_entropy(jnp.zeros((1, 10)), jnp.array([3])))  # ln 10
+    2.302585...
+    """
+    return -jnp.mean(jnp.sum(_as_rows(labels, z) * jax.nn.log_softmax(z, axis=-1), axis=-1))
+
+
+def _softmax_xent_grad(z, labels):
+    y = _as_rows(labels, z)
+    # ∂/∂z of −Σ_j y_j log softmax(z)_j = softmax(z)·Σ_j y_j − y  (= a − y for one-hot rows).
+    return (jax.nn.softmax(z, axis=-1) * jnp.sum(y, axis=-1, keepdims=True) - y) / z.shape[0]
+
+
+softmax_cross_entropy = Loss("softmax_cross_entropy", _softmax_xent, _softmax_xent_grad,
+                             _check_labels("softmax_cross_entropy"))
+
+
+def _log_likelihood(a, labels):
+    """Negative log-likelihood on probabilities: L_i = −Σ_j y_ij ln a_ij.
+
+    For a softmax output layer: the notes' C = −ln a_y. ln clamped at −100. Averaged over the
+    batch. Gradient: −y/a/batch (a floored at e^−100).
+    """
+    return -jnp.mean(jnp.sum(_as_rows(labels, a) * _clamped_log(a), axis=-1))
+
+
+def _log_likelihood_grad(a, labels):
+    y = _as_rows(labels, a)
+    return -y / jnp.maximum(a, jnp.exp(LOG_FLOOR)) / a.shape[0]
+
+
+log_likelihood = Loss("log_likelihood", _log_likelihood, _log_likelihood_grad,
+                      _check_labels("log_likelihood"))
+
+
+def _hinge_margins(s, labels, margin):
+    y = _as_rows(labels, s)
+    s_true = jnp.sum(s * y, axis=-1, keepdims=True)
+    return jnp.where(y > 0, jnp.zeros_like(s), s - s_true + margin), y
+
+
+def _multiclass_hinge(s, labels, margin=1.0, squared=False):
+    """Weston–Watkins multiclass SVM loss.
+
+    L_i = Σ_{j≠y_i} max(0, s_j − s_{y_i} + Δ) (squared: the hinge squared), averaged over the batch.
+    scores: (batch, classes) float; labels: (batch,) int in [0, classes).
+    Gradient: ∂L_i/∂s_j = 1[m_j > 0] for j≠y_i (2·m_j if squared), and −Σ_j of those for j=y_i.
+
+    >>> float(multiclass_hinge(jnp.array([[3.2, 5.1, -1.7]]), jnp.array([0])))
+    2.9
+    """
+    margins, _ = _hinge_margins(s, labels, margin)
+    hinge = jnp.maximum(margins, 0)
+    return jnp.mean(jnp.sum(hinge**2 if squared else hinge, axis=-1))
+
+
+def _multiclass_hinge_grad(s, labels, margin=1.0, squared=False):
+    margins, y = _hinge_margins(s, labels, margin)
+    active = jnp.where(margins > 0, 2 * margins if squared else jnp.ones_like(s), jnp.zeros_like(s))
+    return (active - y * jnp.sum(active, axis=-1, keepdims=True)) / s.shape[0]
+
+
+def _multiclass_hinge_branches(s, labels, margin=1.0, squared=False):
+    return _hinge_margins(s, labels, margin)[0] > 0
+
+
+def _check_int_labels(name):
+    check_rows = _check_labels(name)
+
+    def check(scores, labels):
+        if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+            raise TypeError(f"{name}: expected int class ids of shape (batch,), received "
+                            f"dtype {jnp.result_type(labels)}")
+        check_rows(scores, labels)
+    return check
+
+
+multiclass_hinge = Loss("multiclass_hinge", _multiclass_hinge, _multiclass_hinge_grad,
+                        _check_int_labels("multiclass_hinge"), _multiclass_hinge_branches)
+
+
+def _max_margin(s_true, s_corrupt, margin=1.0):
+    """Max-margin ranking loss mean(max(0, Δ + s_corrupt − s_true)) over pairs.
+
+    `.grad` returns the pair (∂L/∂s_true, ∂L/∂s_corrupt) = (−a/n, a/n), a = 1[margin active].
+    """
+    return jnp.mean(jnp.maximum(0, margin + s_corrupt - s_true))
+
+
+def _max_margin_grad(s_true, s_corrupt, margin=1.0):
+    active = (margin + s_corrupt - s_true > 0).astype(s_true.dtype) / s_true.size
+    return -active, active
+
+
+def _max_margin_branches(s_true, s_corrupt, margin=1.0):
+    return margin + s_corrupt - s_true > 0
+
+
+max_margin = Loss("max_margin", _max_margin, _max_margin_grad, _check_same_shape("max_margin"),
+                  _max_margin_branches)
+

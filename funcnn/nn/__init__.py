@@ -1,0 +1,8 @@
+"""Layers, combinators and activation functions; see `funcnn.nn.core` for the Layer contract."""
+from funcnn.nn.activations import (
+    HardTanh, Identity, LeakyRelu, LogSoftmax, PRelu, Relu, Sigmoid, Softmax, Softsign, Tanh,
+    hard_tanh, hard_tanh_prime, leaky_relu, leaky_relu_prime, log_softmax, log_softmax_vjp, relu,
+    relu_prime, sigmoid, sigmoid_prime, softmax, softmax_vjp, softsign, softsign_prime, tanh,
+    tanh_prime)
+from funcnn.nn.core import Layer, parallel, residual, serial
+from funcnn.nn.dense import Dense, Flatten

@@ -1,0 +1,232 @@
+"""Activation functions, their hand-written derivatives, and the activation layers.
+
+Every element-wise activation `f` comes with `f_prime(z)` = f'(z), the σ'(z) of the backprop
+equation δˡ = ((Wˡ⁺¹)ᵀδˡ⁺¹) ⊙ σ'(zˡ). Conventions at kinks: relu'(0) = leaky_relu'(0) = 0
+(the left derivative), hard_tanh'(±1) = 1 (the inside derivative); `jax.grad` of the
+functions below agrees with these choices. Softmax and log-softmax act on the last axis and
+have a full Jacobian, so they expose vector-Jacobian products `softmax_vjp` / `log_softmax_vjp`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from funcnn.nn.core import Layer, along_last_axis, check_floating
+
+
+def sigmoid(z):
+    """σ(z) = 1 / (1 + e^{−z})."""
+    return jax.nn.sigmoid(z)
+
+
+def sigmoid_prime(z):
+    """σ'(z) = σ(z)(1 − σ(z))."""
+    s = sigmoid(z)
+    return s * (1 - s)
+
+
+def tanh(z):
+    """tanh(z)."""
+    return jnp.tanh(z)
+
+
+def tanh_prime(z):
+    """tanh'(z) = 1 − tanh²(z)."""
+    return 1 - jnp.tanh(z) ** 2
+
+
+def hard_tanh(z):
+    """max(−1, min(1, z))."""
+    return jnp.where(z > 1, jnp.ones_like(z), jnp.where(z < -1, -jnp.ones_like(z), z))
+
+
+def hard_tanh_prime(z):
+    """1 on [−1, 1], 0 outside."""
+    return ((z >= -1) & (z <= 1)).astype(z.dtype)
+
+
+def softsign(z):
+    """z / (1 + |z|)."""
+    return z / (1 + jnp.abs(z))
+
+
+def softsign_prime(z):
+    """1 / (1 + |z|)²."""
+    return 1 / (1 + jnp.abs(z)) ** 2
+
+
+def relu(z):
+    """max(0, z)."""
+    return jnp.where(z > 0, z, jnp.zeros_like(z))
+
+
+def relu_prime(z):
+    """1[z > 0]."""
+    return (z > 0).astype(z.dtype)
+
+
+def leaky_relu(z, slope=0.01):
+    """z for z > 0, slope·z otherwise."""
+    return jnp.where(z > 0, z, slope * z)
+
+
+def leaky_relu_prime(z, slope=0.01):
+    """1 for z > 0, slope otherwise."""
+    return jnp.where(z > 0, jnp.ones_like(z), jnp.full_like(z, slope))
+
+
+def softmax(z):
+    """softmax(z)_j = e^{z_j} / Σ_k e^{z_k} over the last axis (shifted by max z: stable)."""
+    return jax.nn.softmax(z, axis=-1)
+
+
+def softmax_vjp(y, dy):
+    """Vector-Jacobian product of softmax from its output y: ∂L/∂z = y ⊙ (dy − ⟨dy, y⟩)."""
+    return y * (dy - jnp.sum(dy * y, axis=-1, keepdims=True))
+
+
+def log_softmax(z):
+    """log softmax(z) = z − logsumexp(z) over the last axis."""
+    return jax.nn.log_softmax(z, axis=-1)
+
+
+def log_softmax_vjp(y, dy):
+    """VJP of log-softmax from its output y: ∂L/∂z = dy − softmax(z)·Σ_j dy_j, softmax = e^y."""
+    return dy - jnp.exp(y) * jnp.sum(dy, axis=-1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers.
+
+
+def _no_params(key, in_shape):
+    del key, in_shape
+    return {}, {}
+
+
+def _elementwise(name, f, f_prime, kink=None):
+    """A parameter-free layer y = f(z) with backward ∂L/∂z = dy ⊙ f'(z)."""
+
+    def forward(params, state, z, *, key=None, train=False):
+        del params, key, train
+        check_floating(name, z)
+        return f(z), state, z
+
+    def backward(params, z, dy):
+        del params
+        return {}, dy * f_prime(z)
+
+    def branches(params, state, z, *, key=None, train=False):
+        del params, state, key, train
+        return () if kink is None else kink(z)
+
+    return Layer(name, _no_params, forward, backward, branches=branches)
+
+
+def _sign_of(z):
+    return z > 0
+
+
+def _hard_tanh_region(z):
+    return (z >= -1).astype(jnp.int8) + (z > 1).astype(jnp.int8)
+
+
+def Sigmoid() -> Layer:
+    """σ(z) = 1/(1+e^{−z}); backward dy ⊙ σ(z)(1−σ(z))."""
+    return _elementwise("Sigmoid", sigmoid, sigmoid_prime)
+
+
+def Tanh() -> Layer:
+    """tanh(z); backward dy ⊙ (1 − tanh²z)."""
+    return _elementwise("Tanh", tanh, tanh_prime)
+
+
+def HardTanh() -> Layer:
+    """clip(z, −1, 1); backward dy ⊙ 1[−1 ≤ z ≤ 1]."""
+    return _elementwise("HardTanh", hard_tanh, hard_tanh_prime, _hard_tanh_region)
+
+
+def Softsign() -> Layer:
+    """z/(1+|z|); backward dy / (1+|z|)²."""
+    return _elementwise("Softsign", softsign, softsign_prime)
+
+
+def Relu() -> Layer:
+    """max(0, z); backward dy ⊙ 1[z > 0]."""
+    return _elementwise("Relu", relu, relu_prime, _sign_of)
+
+
+def LeakyRelu(slope: float = 0.01) -> Layer:
+    """z if z > 0 else slope·z; backward dy ⊙ (1 or slope)."""
+    return _elementwise("LeakyRelu", lambda z: leaky_relu(z, slope),
+                        lambda z: leaky_relu_prime(z, slope), _sign_of)
+
+
+def Identity() -> Layer:
+    """y = x; backward dx = dy."""
+    return _elementwise("Identity", lambda z: z, jnp.ones_like)
+
+
+def PRelu(init_slope: float = 0.25) -> Layer:
+    """Parametric ReLU (He et al. 2015): y = z if z > 0 else a·z, one learned slope per channel.
+
+    params {"slope": (channels,)} (the last axis), initially `init_slope`.
+    Backward: ∂L/∂z = dy ⊙ (1 or a);  ∂L/∂a_c = Σ over every axis but the last of dy ⊙ min(z, 0).
+    """
+
+    def init(key, in_shape):
+        del key
+        return {"slope": jnp.full((in_shape[-1],), init_slope, jnp.float32)}, {}
+
+    def forward(params, state, z, *, key=None, train=False):
+        del key, train
+        check_floating("PRelu", z)
+        if z.shape[-1] != params["slope"].shape[0]:
+            raise ValueError(f"PRelu: expected {params['slope'].shape[0]} channels (last axis), "
+                             f"received {z.shape[-1]} in an input of shape {tuple(z.shape)}")
+        return jnp.where(z > 0, z, along_last_axis(params["slope"], z.ndim) * z), state, z
+
+    def backward(params, z, dy):
+        negative = jnp.where(z > 0, jnp.zeros_like(z), z)
+        dslope = jnp.sum(dy * negative, axis=tuple(range(z.ndim - 1)))
+        slope = along_last_axis(params["slope"], z.ndim) * jnp.ones_like(z)
+        dz = dy * jnp.where(z > 0, jnp.ones_like(z), slope)
+        return {"slope": dslope}, dz
+
+    def branches(params, state, z, *, key=None, train=False):
+        del params, state, key, train
+        return _sign_of(z)
+
+    return Layer("PRelu", init, forward, backward, branches=branches)
+
+
+def Softmax() -> Layer:
+    """softmax over the last axis; backward y ⊙ (dy − ⟨dy, y⟩)."""
+
+    def forward(params, state, z, *, key=None, train=False):
+        del params, key, train
+        check_floating("Softmax", z)
+        y = softmax(z)
+        return y, state, y
+
+    def backward(params, y, dy):
+        del params
+        return {}, softmax_vjp(y, dy)
+
+    return Layer("Softmax", _no_params, forward, backward)
+
+
+def LogSoftmax() -> Layer:
+    """log-softmax over the last axis; backward dy − softmax(z)·Σdy."""
+
+    def forward(params, state, z, *, key=None, train=False):
+        del params, key, train
+        check_floating("LogSoftmax", z)
+        y = log_softmax(z)
+        return y, state, y
+
+    def backward(params, y, dy):
+        del params
+        return {}, log_softmax_vjp(y, dy)
+
+    return Layer("LogSoftmax", _no_params, forward, backward)

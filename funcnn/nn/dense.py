@@ -1,0 +1,66 @@
+"""Fully connected layers and reshaping: `Dense` and `Flatten`."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from funcnn import init as initializers
+from funcnn.nn.core import (Layer, along_last_axis, carried_shape, check_floating, check_last_dim,
+                            shape_carrier)
+
+
+def Dense(out: int, w_init=initializers.lecun_normal, b_init=initializers.zeros) -> Layer:
+    """Affine map z = x·W + b on the last axis.
+
+    x: (batch, ..., in); params {"w": (in, out), "b": (out,)}; z: (batch, ..., out).
+    Backward (the notes' BP3/BP4 with a = x): ∂L/∂W = xᵀδ, ∂L/∂b = Σ_batch δ, ∂L/∂x = δWᵀ.
+    """
+    if not (isinstance(out, int) and out > 0):
+        raise ValueError(f"Dense: expected a positive int number of outputs, received {out!r}")
+
+    def init(key, in_shape):
+        w_key, b_key = jax.random.split(key)
+        fan_in = in_shape[-1]
+        return {"w": w_init(w_key, (fan_in, out)), "b": b_init(b_key, (out,))}, {}
+
+    def output_shape(in_shape):
+        return tuple(in_shape[:-1]) + (out,)
+
+    def forward(params, state, x, *, key=None, train=False):
+        del key, train
+        check_last_dim("Dense", x, params["w"].shape[0])
+        return x @ params["w"] + along_last_axis(params["b"], x.ndim), state, x
+
+    def backward(params, x, dz):
+        x2 = x.reshape(-1, x.shape[-1])
+        dz2 = dz.reshape(-1, dz.shape[-1])
+        grads = {"w": x2.T @ dz2, "b": jnp.sum(dz2, axis=0)}
+        return grads, dz @ params["w"].T
+
+    return Layer("Dense", init, forward, backward, output_shape)
+
+
+def Flatten() -> Layer:
+    """Reshape (batch, d1, d2, …) to (batch, d1·d2·…); backward reshapes δ back."""
+
+    def init(key, in_shape):
+        del key, in_shape
+        return {}, {}
+
+    def output_shape(in_shape):
+        return (math.prod(in_shape),)
+
+    def forward(params, state, x, *, key=None, train=False):
+        del params, key, train
+        check_floating("Flatten", x)
+        if x.ndim < 1:
+            raise ValueError("Flatten: expected an input with a batch axis, received a scalar")
+        return x.reshape(x.shape[0], -1), state, shape_carrier(x)
+
+    def backward(params, carrier, dy):
+        del params
+        return {}, dy.reshape(carried_shape(carrier))
+
+    return Layer("Flatten", init, forward, backward, output_shape)
