@@ -260,14 +260,14 @@ def _log_likelihood(a, labels):
     """Negative log-likelihood on probabilities: L_i = −Σ_j y_ij ln a_ij.
 
     For a softmax output layer: the notes' C = −ln a_y. ln clamped at −100. Averaged over the
-    batch. Gradient: −y/a/batch (a floored at e^−100).
+    batch. Gradient: −y/a/batch (a floored at the dtype's smallest normal number).
     """
     return -jnp.mean(jnp.sum(_as_rows(labels, a) * _clamped_log(a), axis=-1))
 
 
 def _log_likelihood_grad(a, labels):
     y = _as_rows(labels, a)
-    return -y / jnp.maximum(a, jnp.exp(LOG_FLOOR)) / a.shape[0]
+    return -y / jnp.maximum(a, jnp.finfo(a.dtype).tiny) / a.shape[0]
 
 
 log_likelihood = Loss("log_likelihood", _log_likelihood, _log_likelihood_grad,

@@ -1,0 +1,116 @@
+"""gradcheck: passes correct rules, catches wrong ones built through the Layer contract,
+reports kinks, works in float64 from a float32 session."""
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import funcnn as fn
+from funcnn import nn
+
+
+def _problem(model, in_shape=(6,), batch=8, seed=0):
+    params, state = model.init(jax.random.key(seed), in_shape)
+    x = jax.random.normal(jax.random.key(seed + 1), (batch,) + in_shape)
+    y = jnp.arange(batch) % 4
+    return params, state, x, y
+
+
+def _mlp(dense=nn.Dense):
+    return nn.serial(dense(10), nn.Tanh(), dense(4))
+
+
+def _broken_dense(out, wrong):
+    """A Dense whose hand-written backward is wrong in the way `wrong(grads)` says."""
+    honest = nn.Dense(out)
+
+    def backward(params, residuals, dy):
+        grads, dx = honest.backward(params, residuals, dy)
+        return wrong(grads), dx
+
+    return dataclasses.replace(honest, name="BrokenDense", backward=backward)
+
+
+def test_correct_model_passes_and_report_reads_well():
+    model = _mlp()
+    report = fn.gradcheck.check(model, fn.losses.softmax_cross_entropy, *_problem(model))
+    assert report.passed, str(report)
+    assert not report.kinks
+    text = str(report)
+    assert "PASSED" in text and "0/w" in text and "2/b" in text
+    assert set(report.max_errors) == {"0/w", "0/b", "2/w", "2/b"}
+    assert all(leaf.sampled > 0 for leaf in report.leaves)
+
+
+@pytest.mark.parametrize("wrong,leaf", [
+    (lambda g: {"w": 1.01 * g["w"], "b": g["b"]}, "w"),
+    (lambda g: {"w": g["w"], "b": jnp.zeros_like(g["b"])}, "b"),
+])
+def test_wrong_backward_fails(wrong, leaf):
+    model = nn.serial(_broken_dense(10, wrong), nn.Tanh(), nn.Dense(4))
+    report = fn.gradcheck.check(model, fn.losses.softmax_cross_entropy, *_problem(model))
+    assert not report.passed
+    assert report.max_errors[f"0/{leaf}"]["hand/autodiff"] > 1e-3
+    assert report.max_errors[f"0/{leaf}"]["hand/numerical"] > 1e-3
+    assert report.max_errors[f"0/{leaf}"]["autodiff/numerical"] < 1e-7
+    assert "FAILED" in str(report) and "exceeds tol" in str(report)
+
+
+def test_relu_kinks_within_h_are_reported_not_failed():
+    model = nn.serial(nn.Dense(5), nn.Relu(), nn.Dense(4))
+    params, state, x, y = _problem(model)
+    # Put unit 0's pre-activation for example 0 at 3e-6 > 0: a bias step of ±h = 1e-5 crosses 0.
+    z0 = (x @ params[0]["w"] + params[0]["b"][None])[0, 0]
+    params = (dict(params[0], b=params[0]["b"].at[0].add(3e-6 - z0)),) + params[1:]
+    report = fn.gradcheck.check(model, fn.losses.softmax_cross_entropy, params, state, x, y,
+                                samples=1000)
+    assert ("0/b", (0,)) in report.kinks, str(report)
+    assert report.passed, str(report)
+    assert "kinks crossed" in str(report)
+
+
+def test_hinge_loss_kinks_are_detected():
+    model = nn.serial(nn.Dense(3))
+    params, state, x, y = _problem(model, batch=4)
+    y = y % 3
+    scores = x @ params[0]["w"] + params[0]["b"][None]
+    # margin of class j≠y for example 0 exactly 2e-6 below zero: the bias step crosses it.
+    j = (int(y[0]) + 1) % 3
+    shift = -1.0 - (scores[0, j] - scores[0, int(y[0])]) + 2e-6
+    params = ({"w": params[0]["w"], "b": params[0]["b"].at[j].add(shift)},)
+    report = fn.gradcheck.check(model, fn.losses.multiclass_hinge, params, state, x, y)
+    assert any(path == "0/b" for path, _ in report.kinks), str(report)
+
+
+def test_float32_inputs_are_checked_in_float64_and_flag_restored():
+    assert not jax.config.jax_enable_x64
+    model = _mlp()
+    params, state, x, y = _problem(model)
+    assert params[0]["w"].dtype == jnp.float32
+    report = fn.gradcheck.check(model, fn.losses.softmax_cross_entropy, params, state, x, y)
+    assert report.passed and max(l.hand_vs_numerical for l in report.leaves) < 1e-7
+    assert not jax.config.jax_enable_x64
+
+
+def test_numerical_grad_equals_closed_form():
+    x = jnp.linspace(-2.0, 2.0, 7)
+    params = {"a": x, "b": (jnp.array(0.5), jnp.ones((2, 2)))}
+
+    def f(p):
+        return jnp.sum(jnp.sin(p["a"])) + p["b"][0] ** 3 + jnp.sum(p["b"][1] ** 2)
+
+    g = fn.gradcheck.numerical_grad(f, params)
+    assert g["a"].dtype == jnp.float64
+    expected = {"a": np.cos(np.asarray(x, np.float64)), "b": (0.75, np.full((2, 2), 2.0))}
+    chex.assert_trees_all_close(jax.tree.map(np.asarray, g), expected, rtol=1e-9)
+    assert not jax.config.jax_enable_x64
+
+
+def test_relative_error():
+    err = fn.gradcheck.relative_error(jnp.array([1.0, 0.0, 1e-12, -1.0, 2.0]),
+                                      jnp.array([1.0, 0.0, 2e-12, 1.0, 1.0]), floor=1e-10)
+    np.testing.assert_allclose(err, [0.0, 0.0, 0.0, 2.0, 0.5])
+    assert float(fn.gradcheck.relative_error(0.0, 1e-20)) == 1.0
