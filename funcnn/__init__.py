@@ -15,7 +15,11 @@ _SUBMODULES = ("nn", "losses", "init", "regularizers", "optim", "backprop", "gra
 
 def __getattr__(name):
     if name in _SUBMODULES:
-        return importlib.import_module(f"funcnn.{name}")
+        try:
+            return importlib.import_module(f"funcnn.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"funcnn.{name}":
+                raise
     raise AttributeError(f"module 'funcnn' has no attribute {name!r}")
 
 

@@ -1,5 +1,7 @@
 """Every dense-family layer and combinator: three-way gradients, shapes, and input errors."""
 import chex
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,3 +132,15 @@ def test_softmax_is_stable_at_extreme_logits():
     z = jnp.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]])
     chex.assert_tree_all_finite((nn.softmax(z), nn.log_softmax(z)))
     chex.assert_trees_all_close(nn.softmax(z)[1], jnp.full(3, 1 / 3), rtol=1e-6)
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3).map(tuple),
+                  out=st.integers(1, 6), which=st.integers(0, len(ACTIVATIONS) + 2))
+def test_inferred_shape_equals_apply_shape(shape, out, which):
+    layers = ACTIVATIONS + [nn.Dense(out), nn.Flatten(), nn.serial(nn.Flatten(), nn.Dense(out),
+                                                                   nn.Relu())]
+    layer = layers[which]
+    params, state = layer.init(jax.random.key(0), shape)
+    y, _ = layer.apply(params, state, jnp.ones((2,) + shape))
+    assert (2,) + tuple(layer.output_shape(shape)) == y.shape
