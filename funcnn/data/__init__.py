@@ -1,3 +1,8 @@
-"""Datasets: MNIST and Fashion-MNIST (IDX files), the 8×8 digits, the synthetic spiral."""
+"""Datasets (MNIST and Fashion-MNIST IDX files, the 8×8 digits, the spiral), mini-batches,
+and preprocessing fitted on the training split only."""
+from funcnn.data.batching import batches
 from funcnn.data.idx import download, fashion_mnist, mnist, parse_idx
+from funcnn.data.preprocessing import (
+    MeanSubtraction, MinMax, Projection, Standardization, ZcaWhitening, fit_mean_subtraction,
+    fit_min_max, fit_pca, fit_pca_whitening, fit_standardization, fit_zca_whitening, split)
 from funcnn.data.toy import digits, spiral

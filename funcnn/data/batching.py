@@ -1,0 +1,27 @@
+"""Shuffled mini-batches from an explicit PRNG key."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def batches(key, arrays, batch_size: int, *, drop_last: bool = True):
+    """Yield tuples of mini-batches of `arrays` (a tuple sharing the leading axis), shuffled by `key`.
+
+    The same key gives the same order; a new epoch should fold the epoch number into the key.
+    With `drop_last`, the final partial batch is skipped so every batch has `batch_size` rows
+    (one compiled shape).
+    """
+    arrays = tuple(arrays)
+    n = len(arrays[0])
+    for a in arrays:
+        if len(a) != n:
+            raise ValueError(f"batches: expected arrays with the same number of rows, received "
+                             f"{[len(a) for a in arrays]}")
+    if not 0 < batch_size:
+        raise ValueError(f"batches: expected a positive batch_size, received {batch_size}")
+    order = np.asarray(jax.random.permutation(key, n))
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        index = order[start:start + batch_size]
+        yield tuple(a[index] for a in arrays)
