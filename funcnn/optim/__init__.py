@@ -1,0 +1,20 @@
+"""Optimizers as immutable transforms: `GradientTransformation(init, update)` and `chain`.
+
+    opt = fn.optim.adam(learning_rate=1e-3)
+    opt_state = opt.init(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    params = fn.optim.apply_updates(params, updates)
+
+Building blocks live in `funcnn.optim.transforms`, the classic optimizers in
+`funcnn.optim.aliases`, schedules (and `reduce_on_plateau`) in `funcnn.optim.schedules`.
+"""
+from funcnn.optim import schedules
+from funcnn.optim.aliases import adagrad, adam, adamw, rmsprop, sgd
+from funcnn.optim.base import (
+    EmptyState, GradientTransformation, apply_updates, chain, lift, resolve_mask, weights_only)
+from funcnn.optim.schedules import reduce_on_plateau
+from funcnn.optim.transforms import (
+    AccumulateState, AdagradState, AdamState, CountState, EmaState, RmsState, SkipState,
+    TraceState, accumulate_gradients, add_decayed_weights, averaged_params, clip_by_global_norm,
+    ema, l1_shrinkage, polyak, project_max_norm, scale_by_adagrad, scale_by_adam,
+    scale_by_learning_rate, scale_by_rms, skip_not_finite, trace)

@@ -1,0 +1,95 @@
+"""The optimizer protocol: a `GradientTransformation` is a pair of pure functions.
+
+    state = transform.init(params)
+    updates, state = transform.update(grads, state, params=None, **extra)
+    params = apply_updates(params, updates)
+
+`extra` carries side information that some transforms read (e.g. `value=loss` for
+`reduce_on_plateau`); every transform accepts and ignores what it does not use, so `chain`
+hands it to all of them. States are NamedTuples of arrays: they jit, vmap, flatten and
+checkpoint like any pytree.
+
+Masks (`mask=` of weight decay, max-norm, L1 shrinkage, regularizers) select leaves: a pytree
+of bools with the structure of params (or a prefix of it), or a function params -> such a tree.
+The default, `weights_only`, selects the leaves named "w" (Dense and Conv2D kernels), never
+biases "b", BatchNorm's "scale"/"offset" or PReLU's "slope". A mask describes the structure of
+params, not their values: its leaves are Python bools.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+
+class GradientTransformation(NamedTuple):
+    """An optimizer piece: `init(params) -> state`, `update(updates, state, params=None, **extra) -> (updates, state)`."""
+
+    init: Callable[..., Any]
+    update: Callable[..., tuple[Any, Any]]
+
+
+class EmptyState(NamedTuple):
+    """The state of a transform that keeps none."""
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Compose transforms left to right: each one's updates are the next one's input.
+
+    The state is the tuple of the parts' states; `params` and `**extra` reach every part.
+    """
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(updates, state, params=None, **extra):
+        new_state = []
+        for t, s in zip(transforms, state):
+            updates, s = t.update(updates, s, params, **extra)
+            new_state.append(s)
+        return updates, tuple(new_state)
+
+    return GradientTransformation(init, update)
+
+
+def apply_updates(params, updates):
+    """params + updates, leaf by leaf, each result in its parameter's dtype."""
+    return jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
+
+
+def lift(leaf_fn: Callable[..., tuple], tree, *rest, outputs: int) -> tuple:
+    """Lift a rule written for one array to pytrees: `leaf_fn(x, *ys)` returns `outputs` arrays.
+
+    Returns `outputs` trees with the structure of `tree`; `rest` are trees of the same structure.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    rest_leaves = [treedef.flatten_up_to(r) for r in rest]
+    results = [leaf_fn(*xs) for xs in zip(leaves, *rest_leaves)]
+    return tuple(treedef.unflatten([r[i] for r in results]) for i in range(outputs))
+
+
+def weights_only(params):
+    """The default mask: True for leaves whose dict key is "w", False for every other leaf."""
+    def is_weight(path, _):
+        return bool(path) and isinstance(path[-1], jax.tree_util.DictKey) and path[-1].key == "w"
+
+    return jax.tree_util.tree_map_with_path(is_weight, params)
+
+
+def resolve_mask(mask, params):
+    """The mask as a tree of Python bools with exactly the structure of `params`.
+
+    `mask` is a tree of bools shaped like params or a prefix of it (a bool for a whole subtree),
+    or a function params -> such a tree.
+    """
+    tree = mask(params) if callable(mask) else mask
+    try:
+        return jax.tree.map(lambda m, sub: jax.tree.map(lambda _: bool(m), sub), tree, params)
+    except ValueError as err:
+        raise ValueError(f"mask structure {jax.tree.structure(tree)} does not match the "
+                         f"parameters' structure {jax.tree.structure(params)}") from err
+
+
+def require_params(params, name: str):
+    """Raise a clear error when a transform that reads the parameters was not given them."""
+    if params is None:
+        raise ValueError(f"{name} reads the parameters: call update(grads, state, params)")

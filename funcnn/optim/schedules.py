@@ -1,0 +1,183 @@
+"""Schedules: functions t -> value of the update count t (t = 0 for the first update).
+
+Any "float or schedule" hyper-parameter of `fn.optim` (learning rates, momentum, weight decay)
+accepts them. They are pure jnp code, so `t` may be a traced integer inside `jit`/`vmap`:
+
+    lr = schedules.warmup(schedules.cosine(1e-3, steps=10_000), steps=500)
+    opt = fn.optim.adam(lr)
+
+`reduce_on_plateau` is different: it watches the loss, so it is a stateful
+`GradientTransformation` that scales the updates and is fed `value=loss`.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcnn.optim.base import GradientTransformation
+
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+def _schedule(formula: Schedule) -> Schedule:
+    """A schedule computing `formula(t)` with t as a float of the default precision.
+
+    (jnp divides int32 counts in float32 even under x64; integer t is exact as a float.)
+    """
+    return lambda t: formula(jnp.asarray(t, jnp.result_type(float)))
+
+
+def constant(value: float) -> Schedule:
+    """α_t = value."""
+    return _schedule(lambda t: jnp.full_like(t, value))
+
+
+def step_decay(init_value: float, factor: float, every: int) -> Schedule:
+    """α_t = α₀·factor^⌊t/every⌋ (`torch.optim.lr_scheduler.StepLR(step_size=every, gamma=factor)`)."""
+    return _schedule(lambda t: init_value * factor ** (t // every))
+
+
+def multistep(init_value: float, boundaries: Sequence[int], factor: float) -> Schedule:
+    """α_t = α₀·factor^(number of boundaries ≤ t) (`MultiStepLR(milestones=boundaries, gamma=factor)`)."""
+    bounds = np.asarray(boundaries, dtype=float)
+    return _schedule(lambda t: init_value * factor ** jnp.sum(t[..., None] >= bounds, axis=-1))
+
+
+def exponential(init_value: float, gamma: float) -> Schedule:
+    """α_t = α₀·γᵗ (`ExponentialLR(gamma)`); the notes' α₀e^{−kt} is `gamma=exp(-k)`."""
+    return _schedule(lambda t: init_value * gamma ** t)
+
+
+def inverse_time(init_value: float, k: float) -> Schedule:
+    """α_t = α₀ / (1 + k·t)."""
+    return _schedule(lambda t: init_value / (1 + k * t))
+
+
+def inverse_power(init_value: float, gamma: float, power: float) -> Schedule:
+    """α_t = α₀·(1 + γt)^−p."""
+    return _schedule(lambda t: init_value * (1 + gamma * t) ** -power)
+
+
+def inverse_after(init_value: float, tau: int) -> Schedule:
+    """α_t = α₀·τ / max(t, τ): constant for τ steps, then decaying as 1/t."""
+    return _schedule(lambda t: init_value * tau / jnp.maximum(t, tau))
+
+
+def polynomial(init_value: float, end_value: float, steps: int, power: float = 1.0) -> Schedule:
+    """α_t = (α₀ − α_end)·(1 − min(t, T)/T)^p + α_end; holds α_end after T = `steps`.
+
+    With end_value=0 this is `PolynomialLR(total_iters=T, power=p)`.
+    """
+    return _schedule(
+        lambda t: (init_value - end_value) * (1 - jnp.minimum(t, steps) / steps) ** power
+        + end_value)
+
+
+def cosine(init_value: float, steps: int, end_value: float = 0.0) -> Schedule:
+    """α_t = α_end + (α₀ − α_end)·(1 + cos(π·min(t, T)/T))/2; holds α_end after T = `steps`.
+
+    Up to T this is `CosineAnnealingLR(T_max=T, eta_min=α_end)`.
+    """
+    return _schedule(lambda t: end_value + (init_value - end_value) * 0.5 * (
+        1 + jnp.cos(jnp.pi * jnp.minimum(t, steps) / steps)))
+
+
+def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
+    """Schedule i runs on [b_{i−1}, b_i), called with the steps since it began: s_i(t − b_{i−1}).
+
+    `len(schedules) == len(boundaries) + 1`; boundaries increase.
+    """
+    if len(schedules) != len(boundaries) + 1:
+        raise ValueError(f"join needs one more schedule than boundaries, got {len(schedules)} "
+                         f"schedules and {len(boundaries)} boundaries")
+
+    def schedule(t):
+        value = schedules[0](t)
+        for start, s in zip(boundaries, schedules[1:]):
+            value = jnp.where(t >= start, s(jnp.maximum(t - start, 0)), value)
+        return value
+
+    return schedule
+
+
+def warmup(schedule: Schedule, steps: int, init_value: float = 0.0) -> Schedule:
+    """Linear ramp from `init_value` to schedule(0) over `steps` updates, then schedule(t − steps).
+
+    `warmup(constant(α), T, init_value=f·α)` is `LinearLR(start_factor=f, total_iters=T)`.
+    """
+    ramp = _schedule(lambda t: init_value + (schedule(jnp.zeros_like(t)) - init_value) * t / steps)
+    return join([ramp, schedule], [steps])
+
+
+def momentum_ramp(steps: int, init_value: float = 0.5, end_value: float = 0.99) -> Schedule:
+    """The notes' momentum annealing: μ rises linearly from 0.5 to 0.99 over `steps`, then holds.
+
+    For `sgd(lr, momentum=momentum_ramp(epochs * steps_per_epoch))`.
+    """
+    return polynomial(init_value, end_value, steps)
+
+
+class PlateauState(NamedTuple):
+    scale: jax.Array        # the factor the updates are multiplied by, initially 1
+    best: jax.Array         # the best (mean) value so far
+    bad_steps: jax.Array    # values since the last improvement (torch: num_bad_epochs)
+    cooldown: jax.Array     # values left before bad values count again
+    value_sum: jax.Array    # sum of the values of the current accumulation window
+    value_count: jax.Array  # how many values are in that window
+
+
+def reduce_on_plateau(factor: float = 0.5, patience: int = 10, threshold: float = 1e-4,
+                      threshold_mode: str = "rel", cooldown: int = 0, min_scale: float = 0.0,
+                      accumulation_size: int = 1) -> GradientTransformation:
+    """Scale the updates by s, and shrink s ← max(factor·s, min_scale) when the loss plateaus.
+
+    Fed `value=loss` at every update. Each window of `accumulation_size` values (e.g. the steps
+    of an epoch) gives one mean value v, treated as `torch.optim.lr_scheduler.ReduceLROnPlateau`
+    (mode="min") treats a metric: v improves when v < best·(1 − threshold) ("rel") or
+    v < best − threshold ("abs"); after more than `patience` windows without improvement s
+    shrinks, and the next `cooldown` windows do not count. The new scale applies from the update
+    that completes the window. Place it after `scale_by_learning_rate` (or anywhere: it
+    multiplies). Pass −metric to watch a value that should grow. Unlike torch, a reduction
+    smaller than 1e-8 is not skipped.
+    """
+    if threshold_mode not in ("rel", "abs"):
+        raise ValueError(f"reduce_on_plateau: threshold_mode must be 'rel' or 'abs', "
+                         f"got {threshold_mode!r}")
+
+    def init(params):
+        del params
+        real = jnp.result_type(float)
+        zero = jnp.zeros([], jnp.int32)
+        return PlateauState(jnp.ones([], real), jnp.full([], jnp.inf, real), zero, zero,
+                            jnp.zeros([], real), zero)
+
+    def judge(state, v):
+        """One ReduceLROnPlateau.step(v): the new (scale, best, bad_steps, cooldown)."""
+        limit = state.best * (1 - threshold) if threshold_mode == "rel" else state.best - threshold
+        better = v < limit
+        best = jnp.where(better, v, state.best)
+        in_cooldown = state.cooldown > 0
+        bad = jnp.where(better | in_cooldown, 0, state.bad_steps + 1)
+        cool = jnp.where(in_cooldown, state.cooldown - 1, state.cooldown)
+        reduce = bad > patience
+        scale = jnp.where(reduce, jnp.maximum(state.scale * factor, min_scale), state.scale)
+        return (scale, best, jnp.where(reduce, 0, bad), jnp.where(reduce, cooldown, cool))
+
+    def update(updates, state, params=None, *, value=None, **extra):
+        if value is None:
+            raise TypeError("reduce_on_plateau needs the loss: update(grads, state, params, "
+                            "value=loss)")
+        total = state.value_sum + jnp.asarray(value, state.value_sum.dtype)
+        count = state.value_count + 1
+        full = count == accumulation_size
+        judged = judge(state, total / count)
+        keep = (state.scale, state.best, state.bad_steps, state.cooldown)
+        scale, best, bad, cool = (jnp.where(full, new, old) for new, old in zip(judged, keep))
+        state = PlateauState(scale, best, bad, cool, jnp.where(full, 0, total),
+                             jnp.where(full, 0, count))
+        return jax.tree.map(lambda u: jnp.asarray(scale, u.dtype) * u, updates), state
+
+    return GradientTransformation(init, update)
