@@ -1,5 +1,6 @@
 """Datasets (MNIST and Fashion-MNIST IDX files, the 8×8 digits, the spiral), mini-batches,
 and preprocessing fitted on the training split only."""
+from funcnn.data import augment
 from funcnn.data.batching import batches
 from funcnn.data.idx import download, fashion_mnist, mnist, parse_idx
 from funcnn.data.preprocessing import (
