@@ -98,6 +98,16 @@ def test_state_is_a_pytree_that_flattens_and_vmaps(name):
                                     (one_params, one_state), rtol=1e-5, atol=1e-6)
 
 
+def test_state_survives_a_checkpoint(tmp_path):
+    opt = EVERYTHING
+    step = jax.jit(_step(opt))
+    params = _params()
+    params, state = step(*step(params, opt.init(params)))
+    restored = fn.checkpoint.load(fn.checkpoint.save(tmp_path / "opt.ckpt", state), like=state)
+    chex.assert_trees_all_equal(restored, state)
+    chex.assert_trees_all_equal(step(params, restored), step(params, state))
+
+
 @pytest.mark.parametrize("name", list(ALIASES))
 def test_transforms_accept_and_ignore_unknown_extra_arguments(name):
     opt = ALIASES[name]
@@ -195,34 +205,38 @@ def test_max_norm_keeps_every_unit_inside_the_ball():
     assert jnp.max(jnp.abs(params[0]["b"])) > c                       # biases are not projected
 
 
-def test_max_norm_moves_only_units_outside_the_ball():
-    w = jnp.array([[3.0, 0.1], [4.0, 0.2]])                 # unit norms 5 and ~0.22
-    params = {"w": w}
-    opt = O.project_max_norm(2.0)
-    updates, _ = opt.update({"w": jnp.zeros_like(w)}, opt.init(params), params)
-    new = O.apply_updates(params, updates)["w"]
-    chex.assert_trees_all_close(new, jnp.array([[1.2, 0.1], [1.6, 0.2]]), rtol=1e-6)
+class ClosedFormsTest(chex.TestCase):
+    """One update of a projection or clip against its formula, jitted and not."""
 
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_max_norm_moves_only_units_outside_the_ball(self):
+        w = jnp.array([[3.0, 0.1], [4.0, 0.2]])                 # unit norms 5 and ~0.22
+        params = {"w": w}
+        opt = O.project_max_norm(2.0)
+        updates, _ = self.variant(opt.update)({"w": jnp.zeros_like(w)}, opt.init(params), params)
+        new = O.apply_updates(params, updates)["w"]
+        chex.assert_trees_all_close(new, jnp.array([[1.2, 0.1], [1.6, 0.2]]), rtol=1e-6)
 
-def test_l1_shrinkage_is_soft_thresholding():
-    params = {"w": jnp.array([0.5, -0.5, 0.05, -0.05]), "b": jnp.array([0.05])}
-    grads = {"w": jnp.array([1.0, 1.0, 0.0, 0.0]), "b": jnp.array([0.0])}
-    opt = O.chain(O.sgd(0.1), O.l1_shrinkage(0.1))
-    updates, _ = opt.update(grads, opt.init(params), params)
-    new = O.apply_updates(params, updates)
-    q = np.array([0.4, -0.6, 0.05, -0.05])                     # the plain SGD step
-    expected = np.sign(q) * np.maximum(np.abs(q) - 0.1, 0)
-    chex.assert_trees_all_close(new, {"w": expected, "b": np.array([0.05])}, atol=1e-7)
-    assert np.all(np.asarray(new["w"])[2:] == 0)                 # exact zeros
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_l1_shrinkage_is_soft_thresholding(self):
+        params = {"w": jnp.array([0.5, -0.5, 0.05, -0.05]), "b": jnp.array([0.05])}
+        grads = {"w": jnp.array([1.0, 1.0, 0.0, 0.0]), "b": jnp.array([0.0])}
+        opt = O.chain(O.sgd(0.1), O.l1_shrinkage(0.1))
+        updates, _ = self.variant(opt.update)(grads, opt.init(params), params)
+        new = O.apply_updates(params, updates)
+        q = np.array([0.4, -0.6, 0.05, -0.05])                     # the plain SGD step
+        expected = np.sign(q) * np.maximum(np.abs(q) - 0.1, 0)
+        chex.assert_trees_all_close(new, {"w": expected, "b": np.array([0.05])}, atol=1e-7)
+        assert np.all(np.asarray(new["w"])[2:] == 0)                 # exact zeros
 
-
-@pytest.mark.parametrize("scale", [0.1, 10.0])
-def test_clip_by_global_norm(scale):
-    grads = jax.tree.map(lambda g: scale * g, _grads(_params()))
-    norm = np.sqrt(sum(np.sum(np.asarray(g) ** 2) for g in jax.tree.leaves(grads)))
-    clipped, _ = O.clip_by_global_norm(1.0).update(grads, O.EmptyState())
-    expected = jax.tree.map(lambda g: g * min(1.0, 1.0 / norm), grads)
-    chex.assert_trees_all_close(clipped, expected, rtol=1e-6)
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_clip_by_global_norm(self):
+        for scale in (0.1, 10.0):
+            grads = jax.tree.map(lambda g: scale * g, _grads(_params()))
+            norm = np.sqrt(sum(np.sum(np.asarray(g) ** 2) for g in jax.tree.leaves(grads)))
+            clipped, _ = self.variant(O.clip_by_global_norm(1.0).update)(grads, O.EmptyState())
+            expected = jax.tree.map(lambda g: g * min(1.0, 1.0 / norm), grads)
+            chex.assert_trees_all_close(clipped, expected, rtol=1e-6)
 
 
 # --- averaging, accumulation, skipping -------------------------------------------------------
@@ -302,7 +316,8 @@ WARMUP_COSINE_CLIP = O.chain(O.clip_by_global_norm(1.0), O.sgd(
 CONVERGENCE = {   # name: (optimizer on the parabola, optimizer on Rosenbrock)
     "sgd": (O.sgd(0.02), O.sgd(2e-3)),
     "momentum": (O.sgd(0.02, momentum=0.9), O.sgd(1e-3, momentum=0.9)),
-    "nesterov": (O.sgd(0.02, momentum=0.9, nesterov=True), O.sgd(1e-3, momentum=0.9, nesterov=True)),
+    "nesterov": (O.sgd(0.02, momentum=0.9, nesterov=True),
+                 O.sgd(1e-3, momentum=0.9, nesterov=True)),
     "adagrad": (O.adagrad(0.5), O.adagrad(0.5)),
     "rmsprop": (O.rmsprop(1e-2), O.rmsprop(3e-3)),
     "rmsprop_momentum": (O.rmsprop(1e-3, momentum=0.9), O.rmsprop(1e-3, momentum=0.9)),

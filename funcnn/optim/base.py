@@ -23,7 +23,10 @@ import jax
 
 
 class GradientTransformation(NamedTuple):
-    """An optimizer piece: `init(params) -> state`, `update(updates, state, params=None, **extra) -> (updates, state)`."""
+    """An optimizer piece: a pair of pure functions.
+
+    init(params) -> state;  update(updates, state, params=None, **extra) -> (updates, state).
+    """
 
     init: Callable[..., Any]
     update: Callable[..., tuple[Any, Any]]

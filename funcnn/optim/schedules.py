@@ -36,12 +36,12 @@ def constant(value: float) -> Schedule:
 
 
 def step_decay(init_value: float, factor: float, every: int) -> Schedule:
-    """α_t = α₀·factor^⌊t/every⌋ (`torch.optim.lr_scheduler.StepLR(step_size=every, gamma=factor)`)."""
+    """α_t = α₀·factor^⌊t/every⌋ (torch's `StepLR(step_size=every, gamma=factor)`)."""
     return _schedule(lambda t: init_value * factor ** (t // every))
 
 
 def multistep(init_value: float, boundaries: Sequence[int], factor: float) -> Schedule:
-    """α_t = α₀·factor^(number of boundaries ≤ t) (`MultiStepLR(milestones=boundaries, gamma=factor)`)."""
+    """α_t = α₀·factor^(number of boundaries ≤ t) (`MultiStepLR(milestones, gamma=factor)`)."""
     bounds = np.asarray(boundaries, dtype=float)
     return _schedule(lambda t: init_value * factor ** jnp.sum(t[..., None] >= bounds, axis=-1))
 

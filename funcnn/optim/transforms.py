@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 from funcnn.optim.base import (
     EmptyState, GradientTransformation, lift, require_params, resolve_mask, weights_only)
+from funcnn.optim.schedules import Schedule
 
-Schedule = Callable[[jax.Array], Any]
 ScalarOrSchedule = Union[float, Schedule]
 
 
