@@ -16,6 +16,22 @@ import numpy as np
 from funcnn.nn.core import Layer
 
 
+def forward_backward(model: Layer, loss, **loss_kwargs):
+    """Build `f(params, state, x, y, *, key=None, train=True) -> (loss, outputs, new_state, grads)`.
+
+    One forward pass keeping residuals, the loss's hand-written `.grad` (δᴸ), then the model's
+    hand-written backward; the outputs are returned too (for metrics such as accuracy).
+    """
+
+    def run(params, state, x, y, *, key=None, train=True):
+        outputs, new_state, residuals = model.forward(params, state, x, key=key, train=train)
+        value = loss(outputs, y, **loss_kwargs)
+        grads, _ = model.backward(params, residuals, loss.grad(outputs, y, **loss_kwargs))
+        return value, outputs, new_state, grads
+
+    return run
+
+
 def value_and_grad(model: Layer, loss, **loss_kwargs):
     """Build `f(params, state, x, y, *, key=None, train=True) -> ((loss, new_state), grads)`.
 
@@ -25,14 +41,13 @@ def value_and_grad(model: Layer, loss, **loss_kwargs):
     >>> vg = fn.backprop.value_and_grad(model, fn.losses.softmax_cross_entropy)
     >>> (value, state), grads = jax.jit(vg)(params, state, x, labels)
     """
+    run = forward_backward(model, loss, **loss_kwargs)
 
-    def run(params, state, x, y, *, key=None, train=True):
-        outputs, new_state, residuals = model.forward(params, state, x, key=key, train=train)
-        value = loss(outputs, y, **loss_kwargs)
-        grads, _ = model.backward(params, residuals, loss.grad(outputs, y, **loss_kwargs))
+    def value_and_grad_fn(params, state, x, y, *, key=None, train=True):
+        value, _, new_state, grads = run(params, state, x, y, key=key, train=train)
         return (value, new_state), grads
 
-    return run
+    return value_and_grad_fn
 
 
 def _zero_cotangent(leaf):

@@ -1,0 +1,375 @@
+"""Training: a pure step, whole epochs compiled into one `lax.scan`, and `fit` around them.
+
+    step = make_step(model, loss, optimizer)
+    params, state, opt_state, metrics = step(params, state, opt_state, x, y, key)
+
+`fit` keeps the training data on the device and runs each epoch as one compiled scan over
+shuffled index batches (a streaming path feeds batches from the host when the data is larger
+than `max_device_bytes`). A step whose loss, gradients or new parameters are not finite is not
+applied: the epoch finishes as no-ops, and `fit` raises `TrainingDiverged` naming the epoch and
+step, with `.result` holding the last good parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcnn import backprop, checkpoint
+from funcnn.optim import apply_updates
+
+
+class FitResult(NamedTuple):
+    """What `fit` returns: the trained pytrees, the per-epoch history and the epochs run."""
+
+    params: Any
+    state: Any
+    opt_state: Any
+    history: dict
+    epoch: int
+
+
+class TrainingDiverged(FloatingPointError):
+    """A non-finite loss, gradient or parameter; `.result` holds the last good FitResult."""
+
+    def __init__(self, message: str, result: FitResult):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs.
+
+    `mode` is "min" or "max" (default: "max" for accuracies, "min" otherwise); with
+    `restore_best` the result carries the parameters of the best epoch.
+    """
+
+    monitor: str = "val_loss"
+    patience: int = 5
+    min_delta: float = 0.0
+    mode: str | None = None
+    restore_best: bool = True
+
+    def better(self, value: float, best: float) -> bool:
+        mode = self.mode or ("max" if "accuracy" in self.monitor else "min")
+        return value > best + self.min_delta if mode == "max" else value < best - self.min_delta
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics.
+
+
+def accuracy(outputs, targets):
+    """Fraction of rows whose arg-max output is the label (int ids, or the arg-max of rows);
+    None when the outputs are not (batch, classes) scores."""
+    if outputs.ndim != 2:
+        return None
+    if targets.ndim == 1 and jnp.issubdtype(targets.dtype, jnp.integer):
+        return jnp.mean(jnp.argmax(outputs, axis=-1) == targets)
+    if targets.shape == outputs.shape:
+        return jnp.mean(jnp.argmax(outputs, axis=-1) == jnp.argmax(targets, axis=-1))
+    return None
+
+
+def _leaf_name(path) -> str:
+    return "/".join(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path)
+
+
+def update_ratios(params, updates) -> dict:
+    """‖update‖ / ‖param‖ per leaf (the notes' ~1e-3 health check), keyed by leaf path."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    steps = jax.tree.leaves(updates)
+    return {_leaf_name(path): jnp.linalg.norm(u.ravel()) / (jnp.linalg.norm(p.ravel()) + 1e-12)
+            for (path, p), u in zip(flat, steps)}
+
+
+def _all_finite(*trees):
+    leaves = [jnp.all(jnp.isfinite(leaf)) for tree in trees for leaf in jax.tree.leaves(tree)
+              if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step.
+
+
+def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False):
+    """A pure, jittable `step(params, state, opt_state, x, y, key) -> (params, state,
+    opt_state, metrics)`.
+
+    Gradients come from `jax.grad`, or with `hand_written=True` from the layers' hand-written
+    rules (`fn.backprop`). A `regularizer(params)` is added to the objective (its hand-written
+    `.grad` on the hand-written path). The optimizer receives `value=loss` (for
+    `reduce_on_plateau`). metrics: "loss" (data loss), "accuracy" (classification only),
+    "penalty", "update_ratio" (per leaf), "finite" (loss, gradients and new params finite).
+    """
+    run_backward = backprop.forward_backward(model, loss)
+
+    def gradients(params, state, x, y, key):
+        if hand_written:
+            value, outputs, new_state, grads = run_backward(params, state, x, y, key=key, train=True)
+            if regularizer is not None:
+                grads = jax.tree.map(jnp.add, grads, regularizer.grad(params))
+            return value, outputs, new_state, grads
+
+        def objective(p):
+            outputs, new_state = model.apply(p, state, x, key=key, train=True)
+            value = loss(outputs, y)
+            total = value if regularizer is None else value + regularizer(p)
+            return total, (value, outputs, new_state)
+
+        (_, (value, outputs, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return value, outputs, new_state, grads
+
+    def step(params, state, opt_state, x, y, key):
+        value, outputs, new_state, grads = gradients(params, state, x, y, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
+        new_params = apply_updates(params, updates)
+        metrics = {"loss": value, "update_ratio": update_ratios(params, updates),
+                   "finite": _all_finite(value, grads, new_params)}
+        if regularizer is not None:
+            metrics["penalty"] = regularizer(params)
+        acc = accuracy(outputs, y)
+        if acc is not None:
+            metrics["accuracy"] = acc
+        return new_params, new_state, opt_state, metrics
+
+    return step
+
+
+class _Carry(NamedTuple):
+    params: Any
+    state: Any
+    opt_state: Any
+    bad_step: jax.Array   # index of the first non-finite step of the epoch, −1 if none
+
+
+def _guarded_body(step, images, labels, epoch_key, augment):
+    """Scan body: gather a batch, (augment,) step, and keep the old values if not finite."""
+
+    def body(carry: _Carry, inputs):
+        i, index = inputs
+        x, y = images[index], labels[index]
+        key = jax.random.fold_in(epoch_key, i)
+        if augment is not None:
+            x = augment(jax.random.fold_in(key, 1), x)
+        params, state, opt_state, metrics = step(carry.params, carry.state, carry.opt_state, x, y,
+                                                 jax.random.fold_in(key, 0))
+        ok = metrics.pop("finite") & (carry.bad_step < 0)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        carry = _Carry(keep(params, carry.params), keep(state, carry.state),
+                       keep(opt_state, carry.opt_state),
+                       jnp.where((carry.bad_step < 0) & ~ok, i, carry.bad_step))
+        return carry, jax.tree.map(lambda m: jnp.where(ok, m, jnp.nan), metrics)
+
+    return body
+
+
+def _epoch_indices(key, n, batch_size):
+    steps = n // batch_size
+    order = jax.random.permutation(key, n)[: steps * batch_size]
+    return jnp.arange(steps), order.reshape(steps, batch_size)
+
+
+def _make_scan_epoch(step, batch_size, augment):
+    def epoch(carry, images, labels, epoch_key):
+        steps, indices = _epoch_indices(jax.random.fold_in(epoch_key, 0), images.shape[0],
+                                        batch_size)
+        body = _guarded_body(step, images, labels, epoch_key, augment)
+        return jax.lax.scan(body, carry, (steps, indices))
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def _make_streaming_epoch(step, batch_size, augment):
+    """Same arithmetic as the scan, one compiled step per host batch, for data too big to hold."""
+
+    @jax.jit
+    def one(carry, x, y, epoch_key, i):
+        body = _guarded_body(step, x, y, epoch_key, augment)
+        return body(carry, (i, jnp.arange(x.shape[0])))
+
+    def epoch(carry, images, labels, epoch_key):
+        steps, indices = _epoch_indices(jax.random.fold_in(epoch_key, 0), len(images), batch_size)
+        collected = []
+        for i, index in zip(np.asarray(steps), np.asarray(indices)):
+            carry, metrics = one(carry, images[index], labels[index], epoch_key, i)
+            collected.append(metrics)
+        return carry, jax.tree.map(lambda *m: jnp.stack(m), *collected)
+
+    return epoch
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+def _batched(fn_batch, arrays, batch_size):
+    n = len(arrays[0])
+    return [fn_batch(*(a[start:start + batch_size] for a in arrays)) for start in
+            range(0, n, batch_size)]
+
+
+def predict(model, params, state, x, *, batch_size=1000):
+    """Model outputs in evaluation mode (train=False), computed in batches."""
+    run = jax.jit(lambda xb: model.apply(params, state, xb, train=False)[0])
+    return jnp.concatenate(_batched(run, (jnp.asarray(x),), batch_size))
+
+
+def evaluate(model, loss, params, state, data, *, batch_size=1000) -> dict:
+    """Mean loss (and accuracy for classification) over `data = (x, y)`, in evaluation mode."""
+    x, y = (jnp.asarray(a) for a in data)
+
+    @jax.jit
+    def totals(xb, yb):
+        outputs, _ = model.apply(params, state, xb, train=False)
+        acc = accuracy(outputs, yb)
+        count = xb.shape[0]
+        return loss(outputs, yb) * count, (jnp.nan if acc is None else acc * count)
+
+    parts = _batched(totals, (x, y), batch_size)
+    n = x.shape[0]
+    result = {"loss": float(sum(p[0] for p in parts)) / n}
+    acc = float(sum(p[1] for p in parts)) / n
+    if not math.isnan(acc):
+        result["accuracy"] = acc
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# fit.
+
+
+def _save(path, result: FitResult, key):
+    checkpoint.save(path, {"params": result.params, "state": result.state,
+                           "opt_state": result.opt_state, "epoch": result.epoch, "key": key,
+                           "history": json.dumps(result.history)})
+
+
+def _resume(path, params, state, opt_state, key):
+    like = {"params": params, "state": state, "opt_state": opt_state, "epoch": 0, "key": key,
+            "history": ""}
+    stored = checkpoint.load(path, like=like)
+    restored_key = stored["key"]
+    if not np.array_equal(jax.random.key_data(restored_key), jax.random.key_data(key)):
+        raise ValueError(f"fit: the checkpoint {path} was written by a run with another key; "
+                         f"pass the same key to resume it")
+    as_jax = lambda tree: jax.tree.map(jnp.asarray, tree)
+    return FitResult(as_jax(stored["params"]), as_jax(stored["state"]),
+                     as_jax(stored["opt_state"]), json.loads(stored["history"]), stored["epoch"])
+
+
+def _epoch_logs(metrics) -> dict:
+    good = jax.tree.map(lambda m: np.asarray(m)[np.isfinite(np.asarray(m))], metrics)
+    mean = lambda values: float(values.mean()) if values.size else float("nan")
+    logs = {"loss": mean(good["loss"])}
+    if "accuracy" in good:
+        logs["accuracy"] = mean(good["accuracy"])
+    if "penalty" in good:
+        logs["penalty"] = mean(good["penalty"])
+    logs["update_ratio"] = {k: mean(v) for k, v in good["update_ratio"].items()}
+    return logs
+
+
+def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int, key,
+        validation: Sequence | None = None, params=None, state=None, opt_state=None,
+        regularizer=None, hand_written: bool = False, augment: Callable | None = None,
+        callbacks: Sequence[Callable] = (), early_stopping: EarlyStopping | None = None,
+        progress: bool = True, checkpoint_path=None, checkpoint_every: int = 1,
+        resume: bool = False, max_device_bytes: int = 2**31) -> FitResult:
+    """Train `model` on `train = (x, y)` for `epochs` epochs of shuffled mini-batches.
+
+    Parameters are initialised from `key` unless given. Each epoch's shuffle, dropout masks
+    and augmentation (`augment(key, x) -> x`, applied per batch) derive from
+    `fold_in(key, epoch)`, so a run is reproducible and resumable bit for bit: with
+    `checkpoint_path`, a checkpoint is written atomically every `checkpoint_every` epochs, and
+    `resume=True` continues from it. `history` holds per-epoch "loss", "accuracy",
+    "val_loss", "val_accuracy", "update_ratio" (dict of leaf → mean ‖Δθ‖/‖θ‖) and
+    "epoch_time". `callbacks(epoch, logs, result)` may return True to stop.
+    """
+    x, y = train
+    if len(x) != len(y):
+        raise ValueError(f"fit: expected as many targets as inputs, received {len(x)} inputs and "
+                         f"{len(y)} targets")
+    if not 0 < batch_size <= len(x):
+        raise ValueError(f"fit: expected 0 < batch_size ≤ {len(x)} training examples, received "
+                         f"{batch_size}")
+    if early_stopping is not None and early_stopping.monitor.startswith("val_") and validation is None:
+        raise ValueError(f"fit: early_stopping monitors {early_stopping.monitor!r}, which needs "
+                         f"validation=(x, y)")
+    init_key, train_key = jax.random.split(key)
+    if params is None:
+        params, fresh_state = model.init(init_key, tuple(np.shape(x)[1:]))
+        state = fresh_state if state is None else state
+    opt_state = optimizer.init(params) if opt_state is None else opt_state
+
+    history: dict = {"loss": [], "update_ratio": [], "epoch_time": []}
+    result = FitResult(params, state, opt_state, history, 0)
+    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+        result = _resume(checkpoint_path, params, state, opt_state, key)
+
+    step = make_step(model, loss, optimizer, regularizer=regularizer, hand_written=hand_written)
+    streaming = np.asarray(x).nbytes + np.asarray(y).nbytes > max_device_bytes
+    if streaming:
+        images, labels = np.asarray(x), np.asarray(y)
+        run_epoch = _make_streaming_epoch(step, batch_size, augment)
+    else:
+        images, labels = jnp.asarray(x), jnp.asarray(y)
+        run_epoch = _make_scan_epoch(step, batch_size, augment)
+
+    best = None
+    for epoch in range(result.epoch + 1, epochs + 1):
+        start = time.perf_counter()
+        carry = _Carry(*jax.tree.map(jnp.copy, (result.params, result.state, result.opt_state)),
+                       jnp.array(-1))
+        carry, metrics = run_epoch(carry, images, labels, jax.random.fold_in(train_key, epoch))
+        bad_step = int(carry.bad_step)
+        logs = _epoch_logs(metrics)
+        elapsed = time.perf_counter() - start
+        history = {k: list(v) for k, v in result.history.items()}
+        for name, value in logs.items():
+            history.setdefault(name, []).append(value)
+        if validation is not None:
+            for name, value in evaluate(model, loss, carry.params, carry.state, validation).items():
+                history.setdefault(f"val_{name}", []).append(value)
+        history["epoch_time"].append(elapsed)
+        result = FitResult(carry.params, carry.state, carry.opt_state, history, epoch)
+        if bad_step >= 0:
+            raise TrainingDiverged(
+                f"fit: non-finite loss, gradient or parameter at epoch {epoch}, step "
+                f"{bad_step + 1} of {len(x) // batch_size}; training stopped and the last finite "
+                f"parameters (before that step) are in .result", result)
+        if progress:
+            _print_progress(epoch, epochs, history, (len(x) // batch_size) * batch_size / elapsed)
+        if checkpoint_path is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
+            _save(checkpoint_path, result, key)
+        if early_stopping is not None:
+            value = history[early_stopping.monitor][-1]
+            if best is None or early_stopping.better(value, best[0]):
+                best = (value, epoch, result)
+            elif epoch - best[1] >= early_stopping.patience:
+                if early_stopping.restore_best:
+                    result = best[2]._replace(history=history)
+                break
+        if any(callback(epoch, {k: v[-1] for k, v in history.items()}, result)
+               for callback in callbacks):
+            break
+    return result
+
+
+def _print_progress(epoch, epochs, history, samples_per_second):
+    parts = [f"epoch {epoch}/{epochs}"]
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if name in history:
+            parts.append(f"{name} {history[name][-1]:.4f}")
+    parts.append(f"{samples_per_second:,.0f} samples/s")
+    print("  ".join(parts), file=sys.stdout, flush=True)

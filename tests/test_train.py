@@ -1,0 +1,144 @@
+"""Training: the pure step, whole-epoch scans, fit's history, guards, resume and stopping."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import funcnn as fn
+from funcnn import nn
+
+LOSS = fn.losses.softmax_cross_entropy
+
+
+@pytest.fixture(scope="module")
+def spiral():
+    x, y = fn.data.spiral(jax.random.key(0), points_per_class=100, classes=3)
+    xv, yv = fn.data.spiral(jax.random.key(1), points_per_class=50, classes=3)
+    return (x, y), (xv, yv)
+
+
+def _model():
+    return nn.serial(nn.Dense(32), nn.Relu(), nn.Dense(3))
+
+
+def _fit(data, **options):
+    defaults = dict(epochs=6, batch_size=30, key=jax.random.key(0), progress=False)
+    return fn.train.fit(_model(), LOSS, fn.optim.sgd(0.5, momentum=0.9), data, **{**defaults, **options})
+
+
+def test_step_is_pure_jittable_and_traces_once(spiral):
+    (x, y), _ = spiral
+    model, opt = _model(), fn.optim.adam(1e-2)
+    params, state = model.init(jax.random.key(0), (2,))
+    opt_state = opt.init(params)
+    step = jax.jit(chex.assert_max_traces(fn.train.make_step(model, LOSS, opt), n=1))
+    before = jax.tree.map(jnp.copy, params)
+    for i in range(3):
+        out = step(params, state, opt_state, x[:30], y[:30], jax.random.key(i))
+    chex.assert_trees_all_equal(params, before)
+    assert set(out[3]) == {"loss", "accuracy", "update_ratio", "finite"}
+    assert set(out[3]["update_ratio"]) == {"0/w", "0/b", "2/w", "2/b"}
+
+
+def test_hand_written_step_equals_autodiff_step(spiral):
+    (x, y), _ = spiral
+    model, opt = _model(), fn.optim.sgd(0.1)
+    params, state = model.init(jax.random.key(0), (2,))
+    reg = fn.regularizers.l2(1e-2)
+    outs = [jax.jit(fn.train.make_step(model, LOSS, opt, regularizer=reg, hand_written=h))(
+        params, state, opt.init(params), x[:30], y[:30], jax.random.key(0)) for h in (False, True)]
+    chex.assert_trees_all_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-6)
+    assert float(outs[0][3]["penalty"]) > 0
+
+
+def test_fit_learns_the_spiral_and_keeps_history(spiral):
+    train, validation = spiral
+    result = _fit(train, validation=validation, epochs=40)
+    h = result.history
+    assert result.epoch == 40 and len(h["loss"]) == 40 and len(h["val_accuracy"]) == 40
+    assert h["loss"][-1] < 0.5 * h["loss"][0]
+    assert h["accuracy"][-1] > 0.9 and h["val_accuracy"][-1] > 0.85
+    assert set(h["update_ratio"][-1]) == {"0/w", "0/b", "2/w", "2/b"}
+    assert all(t > 0 for t in h["epoch_time"])
+    evaluated = fn.train.evaluate(_model(), LOSS, result.params, result.state, validation,
+                                  batch_size=40)
+    assert evaluated["accuracy"] == pytest.approx(h["val_accuracy"][-1])
+    logits = fn.train.predict(_model(), result.params, result.state, validation[0], batch_size=64)
+    chex.assert_shape(logits, (150, 3))
+
+
+def test_resume_from_checkpoint_is_bit_identical(spiral, tmp_path):
+    train, _ = spiral
+    straight = _fit(train, epochs=6)
+    path = tmp_path / "run.ckpt"
+    _fit(train, epochs=3, checkpoint_path=path)
+    resumed = _fit(train, epochs=6, checkpoint_path=path, resume=True)
+    chex.assert_trees_all_equal(resumed.params, straight.params)
+    chex.assert_trees_all_equal(resumed.opt_state, straight.opt_state)
+    assert resumed.history["loss"] == straight.history["loss"]
+    assert fn.checkpoint.load(path)["epoch"] == 6
+
+
+def test_non_finite_step_stops_with_last_good_params(spiral):
+    train, _ = spiral
+    model, opt = _model(), fn.optim.sgd(1e20)
+    with pytest.raises(fn.train.TrainingDiverged, match=r"epoch 1, step (\d+) of 10") as error:
+        fn.train.fit(model, LOSS, opt, train, epochs=3, batch_size=30, key=jax.random.key(0),
+                     progress=False)
+    result = error.value.result
+    chex.assert_tree_all_finite(result.params)
+    bad = int(str(error.value).split("step ")[1].split(" ")[0])
+    # Replay the first bad−1 steps by hand: the returned params are exactly those.
+    init_key, train_key = jax.random.split(jax.random.key(0))
+    params, state = model.init(init_key, (2,))
+    opt_state = opt.init(params)
+    step = jax.jit(fn.train.make_step(model, LOSS, opt))
+    epoch_key = jax.random.fold_in(train_key, 1)
+    order = jax.random.permutation(jax.random.fold_in(epoch_key, 0), 300)
+    x, y = jnp.asarray(train[0]), jnp.asarray(train[1])
+    for i in range(bad - 1):
+        index = order[30 * i: 30 * (i + 1)]
+        params, state, opt_state, _ = step(params, state, opt_state, x[index], y[index],
+                                           jax.random.fold_in(jax.random.fold_in(epoch_key, i), 0))
+    chex.assert_trees_all_close(result.params, params, rtol=1e-6)
+
+
+def test_streaming_path_matches_scan(spiral):
+    train, _ = spiral
+    scan = _fit(train, epochs=2)
+    streamed = _fit(train, epochs=2, max_device_bytes=0)
+    chex.assert_trees_all_close(scan.params, streamed.params, rtol=1e-5, atol=1e-6)
+
+
+def test_early_stopping_and_callbacks(spiral):
+    train, validation = spiral
+    stopper = fn.train.EarlyStopping(monitor="val_loss", patience=2, min_delta=10.0)
+    result = _fit(train, validation=validation, epochs=20, early_stopping=stopper)
+    assert len(result.history["loss"]) == 3 and result.epoch == 1
+    seen = []
+    result = _fit(train, epochs=20, callbacks=[lambda e, logs, r: seen.append(logs["loss"]) or e == 4])
+    assert len(seen) == 4 and result.epoch == 4
+    with pytest.raises(ValueError, match="needs validation"):
+        _fit(train, early_stopping=fn.train.EarlyStopping())
+
+
+def test_augmentation_is_applied_per_batch(spiral):
+    train, _ = spiral
+    calls = []
+
+    def shift(key, x):
+        calls.append(x.shape)
+        return x + 0.01 * jax.random.normal(key, x.shape)
+
+    result = _fit(train, epochs=2, augment=shift)
+    assert calls and calls[0] == (30, 2)
+    assert not np.allclose(result.params[0]["w"], _fit(train, epochs=2).params[0]["w"])
+
+
+def test_bad_arguments(spiral):
+    (x, y), _ = spiral
+    with pytest.raises(ValueError, match="expected as many targets as inputs"):
+        _fit((x, y[:-1]))
+    with pytest.raises(ValueError, match=r"expected 0 < batch_size ≤ 300"):
+        _fit((x, y), batch_size=301)
