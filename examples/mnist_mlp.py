@@ -1,8 +1,8 @@
 """The notes' three-layer network on MNIST: 784-64-16-10, sigmoid → tanh → softmax, plain SGD.
 
 First the library proves its hand-written gradients (float64: hand-written vs jax.grad vs
-centered finite differences), then it trains on those hand-written gradients with mini-batch
-SGD, whole epochs compiled into one `lax.scan`. The last line states the test accuracy.
+centered finite differences), then `fn.train.fit` trains on those hand-written gradients with
+mini-batch SGD, whole epochs compiled into one `lax.scan`. The last line states the test accuracy.
 
     FUNCNN_DATA_DIR=../shared/data/mnist python examples/mnist_mlp.py
 
@@ -13,8 +13,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 import funcnn as fn
 from funcnn import nn
@@ -35,38 +33,6 @@ def load_data():
 def build_model():
     return nn.serial(nn.Flatten(), nn.Dense(64), nn.Sigmoid(), nn.Dense(16), nn.Tanh(),
                      nn.Dense(10))
-
-
-def make_epoch(model, loss, batch_size, learning_rate):
-    """One jitted epoch: shuffle with `key`, then SGD on every full batch inside a lax.scan."""
-    value_and_grad = fn.backprop.value_and_grad(model, loss)
-
-    def sgd_step(carry, batch):
-        params, state = carry
-        x, y = batch
-        (value, state), grads = value_and_grad(params, state, x, y)
-        params = jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
-        return (params, state), value
-
-    @jax.jit
-    def epoch(params, state, images, labels, key):
-        steps = images.shape[0] // batch_size
-        order = jax.random.permutation(key, images.shape[0])[: steps * batch_size]
-        batches = (images[order].reshape((steps, batch_size) + images.shape[1:]),
-                   labels[order].reshape(steps, batch_size))
-        (params, state), losses = jax.lax.scan(sgd_step, (params, state), batches)
-        return params, state, jnp.mean(losses)
-
-    return epoch
-
-
-def make_accuracy(model):
-    @jax.jit
-    def accuracy(params, state, images, labels):
-        logits, _ = model.apply(params, state, images)
-        return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
-
-    return accuracy
 
 
 def main(argv=None):
@@ -90,19 +56,13 @@ def main(argv=None):
     if not report.passed:
         sys.exit("the hand-written gradients disagree with jax.grad / finite differences")
 
-    epoch = make_epoch(model, loss, args.batch_size, args.learning_rate)
-    accuracy = make_accuracy(model)
-    train_x, train_y, test_x, test_y = map(jnp.asarray, (train_x, train_y, test_x, test_y))
     start = time.perf_counter()
-    for e in range(1, args.epochs + 1):
-        params, state, mean_loss = epoch(params, state, train_x, train_y,
-                                         jax.random.fold_in(train_key, e))
-        train_acc = accuracy(params, state, train_x, train_y)
-        test_acc = accuracy(params, state, test_x, test_y)
-        print(f"epoch {e:3d}  loss {float(mean_loss):.4f}  train acc {float(train_acc):.4f}  "
-              f"test acc {float(test_acc):.4f}  ({time.perf_counter() - start:.1f} s)", flush=True)
-    final = float(accuracy(params, state, test_x, test_y))
-    print(f"test accuracy: {100 * final:.2f}% on {len(test_x)} {name} test images "
+    result = fn.train.fit(model, loss, fn.optim.sgd(args.learning_rate), (train_x, train_y),
+                          epochs=args.epochs, batch_size=args.batch_size, key=train_key,
+                          params=params, state=state, hand_written=True,
+                          validation=(test_x, test_y))
+    final = fn.train.evaluate(model, loss, result.params, result.state, (test_x, test_y))
+    print(f"test accuracy: {100 * final['accuracy']:.2f}% on {len(test_x)} {name} test images "
           f"after {args.epochs} epochs ({time.perf_counter() - start:.1f} s of training)")
 
 
