@@ -17,6 +17,7 @@ from jax.flatten_util import ravel_pytree
 
 from funcnn import backprop
 from funcnn.nn.core import Layer
+from funcnn.paths import leaf_paths
 
 VERDICTS = ((1e-7, "good"), (1e-4, "acceptable only with kinks"), (1e-2, "uncomfortable"),
             (np.inf, "wrong"))
@@ -125,16 +126,6 @@ class GradcheckReport:
         return "\n".join([header] + rows)
 
 
-def _leaf_name(path) -> str:
-    parts = []
-    for entry in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-    return "/".join(parts) or "params"
-
-
 def check(model: Layer, loss, params, state, x, y, *, key=None, train=True, samples=10,
           eps=1e-5, tol=1e-6, floor=1e-10, seed=0, **loss_kwargs) -> GradcheckReport:
     """Compare hand-written, autodiff and numerical gradients of loss(model(x), y) w.r.t. params.
@@ -164,7 +155,7 @@ def check(model: Layer, loss, params, state, x, y, *, key=None, train=True, samp
         auto = jax.jit(jax.grad(objective))(params)
 
         flat, unravel = ravel_pytree(params)
-        paths = [_leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        paths = leaf_paths(params)
         leaves = jax.tree.leaves(params)
         offsets = np.cumsum([0] + [leaf.size for leaf in leaves])
         rng = np.random.default_rng(seed)

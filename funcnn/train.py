@@ -25,6 +25,7 @@ import numpy as np
 
 from funcnn import backprop, checkpoint
 from funcnn.optim import apply_updates
+from funcnn.paths import leaf_paths
 
 
 class FitResult(NamedTuple):
@@ -80,16 +81,11 @@ def accuracy(outputs, targets):
     return None
 
 
-def _leaf_name(path) -> str:
-    return "/".join(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path)
-
-
 def update_ratios(params, updates) -> dict:
     """‖update‖ / ‖param‖ per leaf (the notes' ~1e-3 health check), keyed by leaf path."""
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    steps = jax.tree.leaves(updates)
-    return {_leaf_name(path): jnp.linalg.norm(u.ravel()) / (jnp.linalg.norm(p.ravel()) + 1e-12)
-            for (path, p), u in zip(flat, steps)}
+    return {name: jnp.linalg.norm(u.ravel()) / (jnp.linalg.norm(p.ravel()) + 1e-12)
+            for name, p, u in zip(leaf_paths(params), jax.tree.leaves(params),
+                                  jax.tree.leaves(updates))}
 
 
 def _all_finite(*trees):
