@@ -15,7 +15,7 @@ def _params():
     return ({"w": jnp.asarray(rng.normal(size=(3, 4))), "b": jnp.asarray(rng.normal(size=4))},
             {},
             {"scale": jnp.asarray(rng.normal(size=4)), "offset": jnp.asarray(rng.normal(size=4))},
-            {"w": jnp.asarray(rng.normal(size=(2, 2, 4, 5))), "b": jnp.asarray(rng.normal(size=5))})
+            {"w": jnp.asarray(rng.normal(size=(2, 2, 4, 3))), "b": jnp.asarray(rng.normal(size=3))})
 
 
 def _kernels(params):
