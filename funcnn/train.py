@@ -142,7 +142,9 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False):
     return step
 
 
-class _Carry(NamedTuple):
+class EpochCarry(NamedTuple):
+    """What an epoch carries from step to step."""
+
     params: Any
     state: Any
     opt_state: Any
@@ -152,7 +154,7 @@ class _Carry(NamedTuple):
 def _guarded_body(step, images, labels, epoch_key, augment):
     """Scan body: gather a batch, (augment,) step, and keep the old values if not finite."""
 
-    def body(carry: _Carry, inputs):
+    def body(carry: EpochCarry, inputs):
         i, index = inputs
         x, y = images[index], labels[index]
         key = jax.random.fold_in(epoch_key, i)
@@ -162,7 +164,7 @@ def _guarded_body(step, images, labels, epoch_key, augment):
                                                  jax.random.fold_in(key, 0))
         ok = metrics.pop("finite") & (carry.bad_step < 0)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-        carry = _Carry(keep(params, carry.params), keep(state, carry.state),
+        carry = EpochCarry(keep(params, carry.params), keep(state, carry.state),
                        keep(opt_state, carry.opt_state),
                        jnp.where((carry.bad_step < 0) & ~ok, i, carry.bad_step))
         return carry, jax.tree.map(lambda m: jnp.where(ok, m, jnp.nan), metrics)
@@ -176,14 +178,22 @@ def _epoch_indices(key, n, batch_size):
     return jnp.arange(steps), order.reshape(steps, batch_size)
 
 
-def _make_scan_epoch(step, batch_size, augment):
+def make_epoch(step, batch_size: int, augment: Callable | None = None):
+    """A pure `epoch(carry, images, labels, key) -> (carry, metrics)`: one `lax.scan` over the
+    shuffled full batches of (images, labels), each gathered on the device.
+
+    `carry` is an `EpochCarry` with `bad_step = -1`; metrics have one row per step (NaN rows from
+    the first non-finite step on, whose update is not applied). Jit it, or vmap it over a batch
+    of carries and keys to train an ensemble at once.
+    """
+
     def epoch(carry, images, labels, epoch_key):
         steps, indices = _epoch_indices(jax.random.fold_in(epoch_key, 0), images.shape[0],
                                         batch_size)
         body = _guarded_body(step, images, labels, epoch_key, augment)
         return jax.lax.scan(body, carry, (steps, indices))
 
-    return jax.jit(epoch, donate_argnums=0)
+    return epoch
 
 
 def _make_streaming_epoch(step, batch_size, augment):
@@ -320,12 +330,12 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         run_epoch = _make_streaming_epoch(step, batch_size, augment)
     else:
         images, labels = jnp.asarray(x), jnp.asarray(y)
-        run_epoch = _make_scan_epoch(step, batch_size, augment)
+        run_epoch = jax.jit(make_epoch(step, batch_size, augment), donate_argnums=0)
 
     best = None
     for epoch in range(result.epoch + 1, epochs + 1):
         start = time.perf_counter()
-        carry = _Carry(*jax.tree.map(jnp.copy, (result.params, result.state, result.opt_state)),
+        carry = EpochCarry(*jax.tree.map(jnp.copy, (result.params, result.state, result.opt_state)),
                        jnp.array(-1))
         carry, metrics = run_epoch(carry, images, labels, jax.random.fold_in(train_key, epoch))
         bad_step = int(carry.bad_step)
