@@ -117,6 +117,16 @@ def test_real_mnist(mnist_dir):
     np.testing.assert_array_equal(y[:10], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
 
 
+def test_real_fashion_mnist_beside_mnist(mnist_dir):
+    fashion = os.path.join(os.path.dirname(os.path.abspath(mnist_dir)), "fashion-mnist")
+    if not os.path.isdir(fashion):
+        pytest.skip(f"no Fashion-MNIST folder beside {mnist_dir}")
+    x, y = fn.data.fashion_mnist("test", data_dir=mnist_dir)  # found as the sibling folder
+    assert x.shape == (10000, 28, 28, 1) and x.dtype == np.float32
+    np.testing.assert_array_equal(np.bincount(y), [1000] * 10)
+    np.testing.assert_array_equal(y[:5], [9, 2, 1, 1, 6])
+
+
 def test_digits():
     pytest.importorskip("sklearn", reason="digits() reads the copy bundled with scikit-learn")
     x, y = fn.data.digits()

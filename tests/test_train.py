@@ -142,3 +142,14 @@ def test_bad_arguments(spiral):
         _fit((x, y[:-1]))
     with pytest.raises(ValueError, match=r"expected 0 < batch_size ≤ 300"):
         _fit((x, y), batch_size=301)
+
+
+def test_reduce_on_plateau_is_fed_the_loss_by_fit(spiral):
+    train, _ = spiral
+    steps = 10  # 300 examples / batch 30: one plateau judgement per epoch
+    optimizer = fn.optim.chain(fn.optim.sgd(0.1), fn.optim.reduce_on_plateau(
+        factor=0.5, patience=0, threshold=0.9, accumulation_size=steps))
+    result = fn.train.fit(_model(), LOSS, optimizer, train, epochs=3, batch_size=30,
+                          key=jax.random.key(0), progress=False)
+    # A 90 % improvement per epoch is never met: the scale halves after every epoch but the first.
+    assert float(result.opt_state[-1].scale) == pytest.approx(0.25)
