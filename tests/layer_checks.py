@@ -75,3 +75,91 @@ def branch_free_input(shape, seed=0, gap=1e-3, kinks=(0.0,)):
         near = np.abs(x - k) < gap
         x = np.where(near, k + np.sign(x - k + 1e-30) * gap * 2, x)
     return jnp.asarray(x)
+
+
+def assert_layer_transforms(layer, in_shape, *, train=False, members=2, seed=0, rtol=1e-4):
+    """jit + vmap over `members` parameter sets: `fn.backprop.value_and_grad` (hand-written rules)
+    and `jax.grad` through `fn.backprop.custom_vjp(layer)` both agree with plain `jax.grad`, in
+    float32, on the loss value, the new state and every gradient leaf. Parameters are N(0, 1)
+    draws from numpy stacked on a leading axis (cheap to compile); the state is `layer.init`'s."""
+    loss = fn.losses.mean_squared_error
+    rng = np.random.default_rng(seed)
+    in_shape, key = tuple(in_shape), jax.random.key(seed + 3)
+    param_shapes, state_shapes = jax.eval_shape(lambda k: layer.init(k, in_shape), key)
+    params = jax.tree.map(lambda s: rng.standard_normal((members,) + s.shape, np.float32),
+                          param_shapes)
+    state = jax.jit(lambda k: jax.tree.map(lambda a: jnp.stack([a] * members),
+                                           layer.init(k, in_shape)[1]))(key)
+    x = rng.standard_normal((BATCH,) + in_shape, np.float32)
+    target = rng.standard_normal((BATCH,) + tuple(layer.output_shape(in_shape)), np.float32)
+
+    def autodiff(model):
+        def objective(p, s):
+            out, new_state = model.apply(p, s, x, key=key, train=train)
+            return loss(out, target), new_state
+
+        return jax.jit(jax.vmap(jax.value_and_grad(objective, has_aux=True),
+                                axis_size=members))(params, state)
+
+    reference = autodiff(layer)
+    bridged = autodiff(fn.backprop.custom_vjp(layer))
+    vg = fn.backprop.value_and_grad(layer, loss)
+    hand = jax.jit(jax.vmap(lambda p, s: vg(p, s, x, target, key=key, train=train),
+                            axis_size=members))(params, state)
+    chex.assert_trees_all_close(hand, reference, rtol=rtol, atol=rtol * 1e-2)
+    chex.assert_trees_all_close(bridged, reference, rtol=rtol, atol=rtol * 1e-2)
+    chex.assert_tree_all_finite(hand)
+    chex.assert_shape(jax.tree.leaves(hand[1]), [leaf.shape for leaf in jax.tree.leaves(params)])
+
+
+def assert_layer_gradients_compiled(layer, in_shape, *, train=False, seed=0, x=None):
+    """The checks of `assert_layer_gradients` (shape inference, forward == apply, hand-written ==
+    `jax.vjp` at rtol 1e-9 == float64 centered differences < 1e-7), built for the larger tables:
+    every JAX step is traced into one `jax.jit`, and the parameters (N(0, 1), not the layer's
+    initializer), the input and the output cotangent are drawn with numpy, so a layer costs one
+    XLA compilation instead of dozens (threefry sampling alone takes seconds to compile on CPU).
+    The state comes from `layer.init`."""
+    rng = np.random.default_rng(seed)
+    in_shape, key = tuple(in_shape), jax.random.key(seed + 2)
+    param_shapes = jax.eval_shape(lambda k: layer.init(k, in_shape)[0], key)
+    params = jax.tree.map(lambda s: rng.standard_normal(s.shape), param_shapes)
+    state = jax.jit(lambda k: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
+                                           layer.init(k, in_shape)[1]))(key)
+    x = rng.standard_normal((BATCH,) + in_shape) if x is None else x
+    out_shapes = jax.eval_shape(lambda p, x: layer.apply(p, state, x, key=key, train=train)[0],
+                                params, x)
+    cotangent = jax.tree.map(lambda s: rng.standard_normal(s.shape), out_shapes)
+
+    @jax.jit
+    def everything(params, x, cotangent):
+        y, _, residuals = layer.forward(params, state, x, key=key, train=train)
+        y_apply, _ = layer.apply(params, state, x, key=key, train=train)
+        hand = layer.backward(params, residuals, cotangent)
+        _, vjp = jax.vjp(lambda p, x: layer.apply(p, state, x, key=key, train=train)[0], params, x)
+
+        def scalar(px):
+            out = layer.apply(px[0], state, px[1], key=key, train=train)[0]
+            return sum(jnp.sum(o * c) for o, c in zip(jax.tree.leaves(out),
+                                                       jax.tree.leaves(cotangent)))
+
+        return y, y_apply, hand, vjp(cotangent), fn.gradcheck.numerical_grad(scalar, (params, x))
+
+    y, y_apply, hand, auto, numerical = jax.tree.map(np.asarray, everything(params, x, cotangent))
+    chex.assert_trees_all_close(y, y_apply, rtol=1e-12, atol=1e-12)
+    inferred = layer.output_shape(in_shape)
+    assert inferred == example_shapes(y), \
+        f"{layer!r}: output_shape says {inferred}, apply gives {example_shapes(y)}"
+    chex.assert_trees_all_close(hand, auto, rtol=1e-9, atol=1e-12)
+    chex.assert_tree_all_finite(hand)
+
+    def worst_relative_error(a, b):
+        scale = np.maximum(np.abs(a), np.abs(b))
+        agree = scale <= FD_FLOOR
+        return float(np.max(np.where(agree, 0.0, np.abs(a - b) / np.where(agree, 1.0, scale)),
+                            initial=0.0))
+
+    errors = jax.tree.map(worst_relative_error, hand, numerical)
+    worst = max(jax.tree.leaves(errors), default=0.0)
+    assert worst < FD_TOL, f"{layer!r}: hand-written vs finite differences, max relative error " \
+                           f"per leaf {errors}"
+    return hand

@@ -6,3 +6,7 @@ from funcnn.nn.activations import (
     tanh_prime)
 from funcnn.nn.core import Layer, parallel, residual, serial
 from funcnn.nn.dense import Dense, Flatten
+from funcnn.nn.conv import AvgPool, Conv2D, L2Pool, MaxPool
+from funcnn.nn.maxout import Maxout
+from funcnn.nn.norm import BatchNorm
+from funcnn.nn.stochastic import DropConnect, Dropout

@@ -1,0 +1,342 @@
+"""Convolution and pooling on NHWC images: `Conv2D`, `MaxPool`, `AvgPool`, `L2Pool`.
+
+Every backward is written as array operations over whole images — the transposed convolution
+for ∂L/∂x, a convolution of the input with δ for ∂L/∂W, window sums for the pools — never a
+Python loop over pixels. Padding follows XLA/TensorFlow: "SAME" puts any odd extra row/column
+at the bottom/right; pools are always VALID (windows that do not fit are dropped, and the
+uncovered rows/columns of the input get zero gradient).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from funcnn import init as initializers
+from funcnn.nn.core import (Layer, along_last_axis, carried_shape, check_floating, describe_shape,
+                            shape_carrier)
+
+_NHWC = "(batch, height, width, channels)"
+
+
+def _pair(name: str, what: str, value) -> tuple[int, int]:
+    """An int or a pair of ints → a pair of positive ints."""
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(f"{name}: expected {what} as a positive int or a pair of positive ints, "
+                         f"received {value!r}")
+    return pair
+
+
+def _check_image(name: str, x, channels: int | None = None) -> None:
+    """Raise unless `x` is a floating NHWC batch (with `channels` channels when given)."""
+    check_floating(name, x)
+    expected = f"(batch, height, width, {channels})" if channels is not None else _NHWC
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected an NHWC input of shape {expected} (rank 4), received "
+                         f"an input of shape {describe_shape(x.shape)} (rank {x.ndim})")
+    if channels is not None and x.shape[-1] != channels:
+        raise ValueError(f"{name}: expected an NHWC input of shape {expected} with {channels} "
+                         f"channels (last axis), received an input of shape "
+                         f"{describe_shape(x.shape)} with {x.shape[-1]} channels")
+
+
+def _check_in_shape(name: str, in_shape) -> None:
+    if len(in_shape) != 3:
+        raise ValueError(f"{name}: expected a per-example input shape (height, width, channels), "
+                         f"received {describe_shape(in_shape)}")
+
+
+def _same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
+    """XLA/TensorFlow SAME padding of one axis: out = ⌈size/stride⌉, the odd pad at the end."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2
+
+
+def _out_size(name: str, size: int, window: int, stride: int, pads=(0, 0)) -> int:
+    padded = size + pads[0] + pads[1]
+    if padded < window:
+        raise ValueError(f"{name}: expected a spatial size of at least {window} for a window of "
+                         f"{window} (VALID), received {size}")
+    return (padded - window) // stride + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Conv2D.
+
+
+def _conv(lhs, rhs, *, strides=(1, 1), padding, lhs_dilation=None, rhs_dilation=None,
+          numbers=("NHWC", "HWIO", "NHWC")):
+    return lax.conv_general_dilated(lhs, rhs, window_strides=strides, padding=padding,
+                                    lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                                    dimension_numbers=numbers)
+
+
+def conv2d_input_grad(dy, w, in_hw, strides, pads):
+    """∂L/∂x of y = conv(x, w): the transposed convolution of δ.
+
+    δ is dilated by the strides (lhs_dilation), padded by kh−1−pad_lo on the top/left and by
+    whatever brings the result to the input size on the bottom/right, then correlated with the
+    spatially flipped kernel whose in/out channel roles are swapped ("HWOI").
+    dy: (n, ho, wo, cout); w: (kh, kw, cin, cout) → (n, h, w, cin).
+    """
+    padding = []
+    for size, k, s, (lo, _), out in zip(in_hw, w.shape[:2], strides, pads, dy.shape[1:3]):
+        padding.append((k - 1 - lo, size + lo - (out - 1) * s - 1))
+    return _conv(dy, w[::-1, ::-1], padding=padding, lhs_dilation=strides,
+                 numbers=("NHWC", "HWOI", "NHWC"))
+
+
+def conv2d_kernel_grad(x, dy, kernel_hw, strides, pads):
+    """∂L/∂W of y = conv(x, w): the input correlated with δ dilated by the strides.
+
+    dW[i, j, c, d] = Σ_{n, p, q} x_pad[n, p·s + i, q·s + j, c] δ[n, p, q, d], i.e. a convolution
+    whose "batch" is the input channel c, whose "features" are the examples n, and whose kernel is
+    δ (rhs_dilation = strides). Input rows that no window reaches (stride not dividing the size)
+    are cut by a negative bottom/right pad.
+    x: (n, h, w, cin); dy: (n, ho, wo, cout) → (kh, kw, cin, cout).
+    """
+    padding = []
+    for size, k, s, (lo, _), out in zip(x.shape[1:3], kernel_hw, strides, pads, dy.shape[1:3]):
+        padding.append((lo, k + (out - 1) * s - size - lo))
+    return _conv(x, dy, padding=padding, rhs_dilation=strides, numbers=("CHWN", "IHWO", "HWNC"))
+
+
+def Conv2D(features: int, kernel, strides=1, padding: str = "VALID", w_init=initializers.he_normal,
+           b_init=initializers.zeros) -> Layer:
+    """2-D convolution (cross-correlation, as every deep-learning library) on NHWC images.
+
+    y[n, p, q, d] = b[d] + Σ_{i, j, c} x_pad[n, p·sh + i, q·sw + j, c] · w[i, j, c, d].
+    x: (batch, h, w, cin); params {"w": (kh, kw, cin, cout), "b": (cout,)}; y: (batch, ho, wo, cout)
+    with ho = ⌊(h − kh)/sh⌋ + 1 for "VALID" and ⌈h/sh⌉ for "SAME" (extra pad at the bottom/right).
+    Backward: ∂L/∂x = transposed convolution of δ with the flipped kernel; ∂L/∂W = x ⋆ δ;
+    ∂L/∂b = Σ_{n,p,q} δ. `kernel` and `strides` are an int or an (h, w) pair.
+
+    >>> layer = Conv2D(8, 5, padding="SAME")
+    >>> params, state = layer.init(jax.random.key(0), (28, 28, 1))   # w: (5, 5, 1, 8)
+    """
+    if not (isinstance(features, int) and features > 0):
+        raise ValueError(f"Conv2D: expected a positive int number of features, received "
+                         f"{features!r}")
+    kernel_hw = _pair("Conv2D", "the kernel size", kernel)
+    strides = _pair("Conv2D", "the strides", strides)
+    if padding not in ("VALID", "SAME"):
+        raise ValueError(f"Conv2D: expected padding 'VALID' or 'SAME', received {padding!r}")
+
+    def pads_for(in_hw):
+        if padding == "VALID":
+            return ((0, 0), (0, 0))
+        return tuple(_same_pads(n, k, s) for n, k, s in zip(in_hw, kernel_hw, strides))
+
+    def output_shape(in_shape):
+        _check_in_shape("Conv2D", in_shape)
+        pads = pads_for(in_shape[:2])
+        return tuple(_out_size("Conv2D", n, k, s, p)
+                     for n, k, s, p in zip(in_shape[:2], kernel_hw, strides, pads)) + (features,)
+
+    def init(key, in_shape):
+        output_shape(in_shape)
+        w_key, b_key = jax.random.split(key)
+        return {"w": w_init(w_key, kernel_hw + (in_shape[-1], features)),
+                "b": b_init(b_key, (features,))}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        del key, train
+        _check_image("Conv2D", x, params["w"].shape[2])
+        pads = pads_for(x.shape[1:3])
+        output_shape(x.shape[1:])
+        dtype = jnp.result_type(x, params["w"])   # promote as `x @ w` would
+        y = _conv(x.astype(dtype), params["w"].astype(dtype), strides=strides, padding=pads)
+        return y + along_last_axis(params["b"], 4), state
+
+    def forward(params, state, x, *, key=None, train=False):
+        y, state = apply(params, state, x, key=key, train=train)
+        return y, state, x
+
+    def backward(params, x, dy):
+        pads, w = pads_for(x.shape[1:3]), params["w"]
+        dw = conv2d_kernel_grad(x.astype(dy.dtype), dy, kernel_hw, strides, pads)
+        dx = conv2d_input_grad(dy, w.astype(dy.dtype), x.shape[1:3], strides, pads)
+        db = jnp.sum(dy, axis=(0, 1, 2)).astype(params["b"].dtype)
+        return {"w": dw.astype(w.dtype), "b": db}, dx.astype(x.dtype)
+
+    return Layer("Conv2D", init, forward, backward, output_shape, apply_fn=apply)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooling. Shared machinery: window geometry, and the transpose of a strided window sum.
+
+
+def _pool_geometry(name, window, strides):
+    window = _pair(name, "the window", window)
+    strides = window if strides is None else _pair(name, "the strides", strides)
+    return window, strides
+
+
+def _pool_output_shape(name, window, strides):
+    def output_shape(in_shape):
+        _check_in_shape(name, in_shape)
+        return tuple(_out_size(name, n, k, s)
+                     for n, k, s in zip(in_shape[:2], window, strides)) + (in_shape[2],)
+
+    return output_shape
+
+
+def _window_reduce(x, op, init, window, strides):
+    # a numpy init keeps it concrete under every trace, so lax picks the differentiable
+    # reduce_window_{sum,max} primitive rather than the generic reduce_window
+    return lax.reduce_window(x, np.asarray(init, x.dtype), op, (1,) + window + (1,),
+                             (1,) + strides + (1,), "VALID")
+
+
+def _window_sum_transpose(g, in_hw, window, strides):
+    """Transpose of the strided VALID window sum: dx[i] = Σ over the windows w ∋ i of g[w].
+
+    g is dilated by the strides, padded by window−1 on the top/left and up to the input size on
+    the bottom/right, and summed over stride-1 windows. g: (n, ho, wo, c) → (n, h, w, c).
+    """
+    config = [(0, 0, 0)]
+    for size, k, s, out in zip(in_hw, window, strides, g.shape[1:3]):
+        config.append((k - 1, size - (out - 1) * s - 1, s - 1))
+    config.append((0, 0, 0))
+    padded = lax.pad(g, jnp.zeros((), g.dtype), config)
+    return _window_reduce(padded, lax.add, 0, window, (1, 1))
+
+
+def _window_stack(x, window, strides, out_hw):
+    """The window entries of every output pixel: (n, ho, wo, kh·kw, c), row-major window order.
+
+    Non-overlapping windows (strides == window) are a crop and a reshape; otherwise one strided
+    slice per window offset (kh·kw slices, each covering the whole image).
+    """
+    (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
+    n, c = x.shape[0], x.shape[3]
+    if window == strides:
+        blocks = x[:, :ho * kh, :wo * kw].reshape(n, ho, kh, wo, kw, c)
+        return blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, ho, wo, kh * kw, c)
+    slices = [lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+                        (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+    return jnp.stack(slices, axis=3)
+
+
+def _window_unstack(g, in_hw, window, strides):
+    """Transpose of `_window_stack`: scatter-add (n, ho, wo, kh·kw, c) back onto (n, h, w, c)."""
+    (kh, kw), (sh, sw) = window, strides
+    n, ho, wo, _, c = g.shape
+    h, w = in_hw
+    if window == strides:
+        blocks = g.reshape(n, ho, wo, kh, kw, c).transpose(0, 1, 3, 2, 4, 5)
+        blocks = blocks.reshape(n, ho * kh, wo * kw, c)
+        return jnp.pad(blocks, ((0, 0), (0, h - ho * kh), (0, w - wo * kw), (0, 0)))
+    zero = jnp.zeros((), g.dtype)
+    total = None
+    for i in range(kh):
+        for j in range(kw):
+            config = [(0, 0, 0), (i, h - i - (ho - 1) * sh - 1, sh - 1),
+                      (j, w - j - (wo - 1) * sw - 1, sw - 1), (0, 0, 0)]
+            part = lax.pad(g[:, :, :, i * kw + j], zero, config)
+            total = part if total is None else total + part
+    return total
+
+
+def MaxPool(window, strides=None) -> Layer:
+    """Max pooling over VALID windows of NHWC images: y[n, p, q, c] = max over the window of x.
+
+    x: (batch, h, w, c) → (batch, ⌊(h − kh)/sh⌋ + 1, ⌊(w − kw)/sw⌋ + 1, c); strides=None means
+    strides = window. Backward routes δ to the window's winner; ties go to the first maximal
+    entry in row-major window order (top row first, then left to right). With overlapping
+    windows an input that wins several windows receives the sum of their δ. `branches` is the
+    winner's index in the window, so `fn.gradcheck` reports a winner change as a kink.
+    """
+    window, strides = _pool_geometry("MaxPool", window, strides)
+    output_shape = _pool_output_shape("MaxPool", window, strides)
+
+    def winners(x):
+        _check_image("MaxPool", x)
+        out_hw = output_shape(x.shape[1:])[:2]
+        stacked = _window_stack(x, window, strides, out_hw)
+        return stacked, jnp.argmax(stacked, axis=3).astype(jnp.int32)   # first maximum on ties
+
+    def apply(params, state, x, *, key=None, train=False):
+        del params, key, train
+        _check_image("MaxPool", x)
+        output_shape(x.shape[1:])
+        return _window_reduce(x, lax.max, -jnp.inf, window, strides), state
+
+    def forward(params, state, x, *, key=None, train=False):
+        del params, key, train
+        stacked, winner = winners(x)
+        return jnp.max(stacked, axis=3), state, (winner, shape_carrier(x))
+
+    def backward(params, residuals, dy):
+        del params
+        winner, carrier = residuals
+        slots = lax.broadcasted_iota(jnp.int32, (1, 1, 1, window[0] * window[1], 1), 3)
+        routed = jnp.where(winner[:, :, :, None, :] == slots, dy[:, :, :, None, :],
+                           jnp.zeros((), dy.dtype))
+        return {}, _window_unstack(routed, carried_shape(carrier)[1:3], window, strides)
+
+    def branches(params, state, x, *, key=None, train=False):
+        del params, state, key, train
+        return winners(x)[1]
+
+    return Layer("MaxPool", _pool_init("MaxPool"), forward, backward, output_shape, branches, apply)
+
+
+def AvgPool(window, strides=None) -> Layer:
+    """Average pooling over VALID windows: y = (1/(kh·kw)) Σ_window x; shapes as `MaxPool`.
+
+    Backward: every input receives δ/(kh·kw) from each window that contains it.
+    """
+    window, strides = _pool_geometry("AvgPool", window, strides)
+    output_shape = _pool_output_shape("AvgPool", window, strides)
+    size = window[0] * window[1]
+
+    def forward(params, state, x, *, key=None, train=False):
+        del params, key, train
+        _check_image("AvgPool", x)
+        output_shape(x.shape[1:])
+        return _window_reduce(x, lax.add, 0, window, strides) / size, state, shape_carrier(x)
+
+    def backward(params, carrier, dy):
+        del params
+        return {}, _window_sum_transpose(dy / size, carried_shape(carrier)[1:3], window, strides)
+
+    return Layer("AvgPool", _pool_init("AvgPool"), forward, backward, output_shape)
+
+
+def L2Pool(window, strides=None) -> Layer:
+    """L2 pooling over VALID windows: y = √(Σ_window x²); shapes as `MaxPool`.
+
+    Backward: ∂y/∂x_i = x_i / y for each window containing i, so ∂L/∂x = x ⊙ Σ_windows δ/y.
+    At an all-zero window (y = 0, where √ has no derivative) the gradient is taken as 0.
+    """
+    window, strides = _pool_geometry("L2Pool", window, strides)
+    output_shape = _pool_output_shape("L2Pool", window, strides)
+
+    def forward(params, state, x, *, key=None, train=False):
+        del params, key, train
+        _check_image("L2Pool", x)
+        output_shape(x.shape[1:])
+        y = jnp.sqrt(_window_reduce(x * x, lax.add, 0, window, strides))
+        return y, state, (x, y)
+
+    def backward(params, residuals, dy):
+        del params
+        x, y = residuals
+        positive = y > 0
+        g = jnp.where(positive, dy / jnp.where(positive, y, jnp.ones_like(y)), jnp.zeros_like(y))
+        return {}, x * _window_sum_transpose(g, x.shape[1:3], window, strides)
+
+    return Layer("L2Pool", _pool_init("L2Pool"), forward, backward, output_shape)
+
+
+def _pool_init(name):
+    def init(key, in_shape):
+        del key
+        _check_in_shape(name, in_shape)
+        return {}, {}
+
+    return init

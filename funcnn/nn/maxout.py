@@ -1,0 +1,58 @@
+"""Maxout units (Goodfellow et al. 2013): the maximum of several affine maps."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from funcnn import init as initializers
+from funcnn.nn.core import Layer, along_last_axis, check_last_dim
+
+
+def Maxout(out: int, pieces: int = 2, w_init=initializers.lecun_normal,
+           b_init=initializers.zeros) -> Layer:
+    """y_j = max_k (x·W_k + b_k)_j: each of `out` units takes the largest of `pieces` affine maps.
+
+    x: (batch, ..., in); y: (batch, ..., out). params {"w": (in, pieces·out), "b": (pieces·out,)},
+    piece-major: column k·out + j is piece k of unit j, so w.reshape(in, pieces, out)[:, k] is the
+    k-th map's weight matrix (and fan-in for `w_init` is `in`). Backward routes δ_j to the winning
+    piece (the first one on ties): with z = x·W + b and e = one-hot of the winner,
+    ∂L/∂z = e ⊙ δ, ∂L/∂W = xᵀ ∂L/∂z, ∂L/∂b = Σ ∂L/∂z, ∂L/∂x = ∂L/∂z Wᵀ. `branches` is the winner.
+    """
+    if not (isinstance(out, int) and out > 0):
+        raise ValueError(f"Maxout: expected a positive int number of outputs, received {out!r}")
+    if not (isinstance(pieces, int) and pieces > 0):
+        raise ValueError(f"Maxout: expected a positive int number of pieces, received {pieces!r}")
+
+    def init(key, in_shape):
+        w_key, b_key = jax.random.split(key)
+        return {"w": w_init(w_key, (in_shape[-1], pieces * out)),
+                "b": b_init(b_key, (pieces * out,))}, {}
+
+    def output_shape(in_shape):
+        return tuple(in_shape[:-1]) + (out,)
+
+    def candidates(params, x):
+        """z = x·W + b as (batch, ..., pieces, out)."""
+        check_last_dim("Maxout", x, params["w"].shape[0])
+        z = x @ params["w"] + along_last_axis(params["b"], x.ndim)
+        return z.reshape(z.shape[:-1] + (pieces, out))
+
+    def forward(params, state, x, *, key=None, train=False):
+        del key, train
+        z = candidates(params, x)
+        winner = jnp.argmax(z, axis=-2).astype(jnp.int32)
+        return jnp.max(z, axis=-2), state, (x, winner)
+
+    def backward(params, residuals, dy):
+        x, winner = residuals
+        slots = jax.lax.broadcasted_iota(jnp.int32, (1,) * (dy.ndim - 1) + (pieces, 1), dy.ndim - 1)
+        dz = jnp.where(winner[..., None, :] == slots, dy[..., None, :], jnp.zeros((), dy.dtype))
+        dz = dz.reshape(dz.shape[:-2] + (pieces * out,))
+        x2, dz2 = x.reshape(-1, x.shape[-1]), dz.reshape(-1, pieces * out)
+        return {"w": x2.T @ dz2, "b": jnp.sum(dz2, axis=0)}, dz @ params["w"].T
+
+    def branches(params, state, x, *, key=None, train=False):
+        del state, key, train
+        return jnp.argmax(candidates(params, x), axis=-2)
+
+    return Layer("Maxout", init, forward, backward, output_shape, branches)

@@ -1,0 +1,82 @@
+"""Batch normalisation (Ioffe & Szegedy 2015) with a hand-written backward through the batch
+statistics."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from funcnn import init as initializers
+from funcnn.nn.core import Layer, along_last_axis, check_last_dim
+
+
+class _BatchResiduals(NamedTuple):
+    """Training pass: x̂ and 1/√(σ²_B + ε) from the batch statistics (the gradient flows
+    through them)."""
+    xhat: jax.Array
+    inv_std: jax.Array
+
+
+class _RunningResiduals(NamedTuple):
+    """Evaluation pass: x̂ and 1/√(running var + ε), constants with respect to x."""
+    xhat: jax.Array
+    inv_std: jax.Array
+
+
+def BatchNorm(momentum: float = 0.9, eps: float = 1e-5, scale_init=initializers.ones,
+              offset_init=initializers.zeros) -> Layer:
+    """y = γ ⊙ (x − μ)/√(σ² + ε) + β, one (μ, σ², γ, β) per channel (the last axis).
+
+    Training: μ, σ² are the mean and biased variance over every axis but the last (the m = batch·…
+    positions of a channel), and the new running statistics are returned in `state`:
+    running = momentum·running + (1 − momentum)·batch. Eval: μ, σ² are the running statistics.
+    params {"scale": γ (c,), "offset": β (c,)} (initially 1 and 0); state {"mean": (c,),
+    "var": (c,)} (initially 0 and 1).
+    Backward (training, through μ and σ²): with g = δ ⊙ γ and sums over the m positions,
+    ∂L/∂x = (1/√(σ²+ε)) · (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)); ∂L/∂γ = Σ δ ⊙ x̂; ∂L/∂β = Σ δ.
+    Eval: ∂L/∂x = g/√(σ²+ε).
+    """
+    if not 0 <= momentum <= 1:
+        raise ValueError(f"BatchNorm: expected a momentum in [0, 1], received {momentum!r}")
+    if not eps > 0:
+        raise ValueError(f"BatchNorm: expected eps > 0, received {eps!r}")
+
+    def init(key, in_shape):
+        scale_key, offset_key = jax.random.split(key)
+        c = in_shape[-1]
+        return ({"scale": scale_init(scale_key, (c,)), "offset": offset_init(offset_key, (c,))},
+                {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)})
+
+    def forward(params, state, x, *, key=None, train=False):
+        del key
+        check_last_dim("BatchNorm", x, params["scale"].shape[0], "channels")
+        axes = tuple(range(x.ndim - 1))
+        if train:
+            mean = jnp.mean(x, axis=axes)
+            centred = x - along_last_axis(mean, x.ndim)
+            var = jnp.mean(centred * centred, axis=axes)
+            state = {name: (momentum * state[name] + (1 - momentum) * batch)
+                     .astype(state[name].dtype) for name, batch in (("mean", mean), ("var", var))}
+            inv_std = jax.lax.rsqrt(var + eps)
+            make = _BatchResiduals
+        else:
+            centred = x - along_last_axis(state["mean"].astype(x.dtype), x.ndim)
+            inv_std = jax.lax.rsqrt(state["var"].astype(x.dtype) + eps)
+            make = _RunningResiduals
+        xhat = centred * along_last_axis(inv_std, x.ndim)
+        y = xhat * along_last_axis(params["scale"], x.ndim) + along_last_axis(params["offset"],
+                                                                              x.ndim)
+        return y, state, make(xhat, inv_std)
+
+    def backward(params, residuals, dy):
+        xhat, inv_std = residuals
+        ndim, axes = dy.ndim, tuple(range(dy.ndim - 1))
+        grads = {"scale": jnp.sum(dy * xhat, axis=axes), "offset": jnp.sum(dy, axis=axes)}
+        g = dy * along_last_axis(params["scale"], ndim)
+        if isinstance(residuals, _BatchResiduals):
+            g = (g - jnp.mean(g, axis=axes, keepdims=True)
+                 - xhat * jnp.mean(g * xhat, axis=axes, keepdims=True))
+        return grads, g * along_last_axis(inv_std, ndim)
+
+    return Layer("BatchNorm", init, forward, backward)

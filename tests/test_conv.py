@@ -1,0 +1,230 @@
+"""Conv2D and the pools: three-way gradients, forward vs independent references, shapes, ties,
+input errors, and the gradient check of a small CNN."""
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+import funcnn as fn
+from funcnn import nn
+from layer_checks import (assert_layer_gradients, assert_layer_gradients_compiled,
+                          assert_layer_transforms)
+
+
+def distinct_input(shape, seed=0):
+    """float64 values a random permutation of an evenly spaced grid: no two entries closer than
+    2/size apart, so a finite difference (h = 1e-5) never swaps a max-pool winner."""
+    size = int(np.prod(shape))
+    order = np.random.default_rng(seed).permutation(size)
+    return jnp.asarray(((order - size / 2) / (size / 2)).reshape(shape), jnp.float64)
+
+
+TABLE = [
+    ("conv_valid", nn.Conv2D(3, 3), (5, 6, 2)),
+    ("conv_same_even_kernel", nn.Conv2D(2, (2, 4), padding="SAME"), (5, 6, 1)),
+    ("conv_stride2_valid_remainder", nn.Conv2D(2, 3, strides=2), (6, 7, 2)),  # (6−3) % 2 ≠ 0
+    ("conv_stride_pair_same", nn.Conv2D(2, (3, 2), strides=(2, 3), padding="SAME"), (7, 8, 2)),
+    ("maxpool_2_remainder", nn.MaxPool(2), (5, 7, 2)),
+    ("maxpool_overlap", nn.MaxPool(3, strides=2), (7, 6, 2)),
+    ("maxpool_rect_stride1", nn.MaxPool((2, 3), strides=1), (4, 5, 1)),
+    ("avgpool_overlap", nn.AvgPool((3, 2), strides=(2, 1)), (7, 5, 2)),
+    ("l2pool_2", nn.L2Pool(2), (4, 5, 2)),
+    ("l2pool_overlap", nn.L2Pool(3, strides=2), (7, 7, 1)),
+]
+
+
+class ConvGradientTest(chex.TestCase):
+
+    @parameterized.named_parameters(*TABLE)
+    def test_three_way(self, layer, in_shape):
+        with jax.enable_x64(True):
+            assert_layer_gradients_compiled(layer, in_shape, x=distinct_input((3,) + in_shape, 1))
+
+    # The shared helper, run eagerly (the compiled one above traces everything into one jit).
+    @chex.variants(without_jit=True)
+    @parameterized.named_parameters(TABLE[5])
+    def test_three_way_eager(self, layer, in_shape):
+        with jax.enable_x64(True):
+            x = distinct_input((3,) + in_shape, 1)
+            assert_layer_gradients(layer, in_shape, self.variant, x=x)
+
+
+@pytest.mark.parametrize("name,layer,in_shape", TABLE[::2])
+def test_jit_vmap_value_and_grad_and_custom_vjp(name, layer, in_shape):
+    assert_layer_transforms(layer, in_shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward against independent references (explicit loops over output pixels, in numpy).
+
+
+def numpy_conv(x, w, b, strides, pads):
+    x = np.pad(np.asarray(x), ((0, 0), pads[0], pads[1], (0, 0)))
+    kh, kw = w.shape[:2]
+    ho = (x.shape[1] - kh) // strides[0] + 1
+    wo = (x.shape[2] - kw) // strides[1] + 1
+    y = np.zeros((x.shape[0], ho, wo, w.shape[3]))
+    for p, q in itertools.product(range(ho), range(wo)):
+        patch = x[:, p * strides[0]:p * strides[0] + kh, q * strides[1]:q * strides[1] + kw]
+        y[:, p, q] = np.einsum("nijc,ijcd->nd", patch, np.asarray(w)) + np.asarray(b)
+    return y
+
+
+def numpy_pool(x, window, strides, reduce):
+    x = np.asarray(x)
+    ho = (x.shape[1] - window[0]) // strides[0] + 1
+    wo = (x.shape[2] - window[1]) // strides[1] + 1
+    y = np.zeros((x.shape[0], ho, wo, x.shape[3]))
+    for p, q in itertools.product(range(ho), range(wo)):
+        patch = x[:, p * strides[0]:p * strides[0] + window[0],
+                  q * strides[1]:q * strides[1] + window[1]]
+        y[:, p, q] = reduce(patch.reshape(x.shape[0], -1, x.shape[3]))
+    return y
+
+
+# (in_hw, kernel, strides, padding, TensorFlow's pads ((top, bottom), (left, right)))
+CONV_CASES = [
+    ((5, 5), (3, 3), (1, 1), "VALID", ((0, 0), (0, 0))),
+    ((5, 6), (3, 3), (1, 1), "SAME", ((1, 1), (1, 1))),
+    ((6, 6), (2, 2), (1, 1), "SAME", ((0, 1), (0, 1))),     # even kernel: the extra pad at the end
+    ((7, 6), (3, 3), (2, 2), "SAME", ((1, 1), (0, 1))),     # ⌈7/2⌉=4: 3 pads; ⌈6/2⌉=3: 1 pad
+    ((8, 5), (5, 2), (3, 2), "SAME", ((1, 2), (0, 1))),
+    ((7, 9), (3, 4), (2, 3), "VALID", ((0, 0), (0, 0))),
+]
+
+
+@pytest.mark.parametrize("in_hw,kernel,strides,padding,pads", CONV_CASES)
+def test_conv_forward_matches_loop_reference_and_shape_inference(in_hw, kernel, strides, padding,
+                                                                 pads, x64):
+    layer = nn.Conv2D(3, kernel, strides, padding)
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.standard_normal(kernel + (2, 3))), "b": jnp.arange(3.0)}
+    x = jnp.asarray(rng.standard_normal((2,) + in_hw + (2,)))
+    y, _ = jax.jit(lambda p, x: layer.apply(p, {}, x))(params, x)
+    chex.assert_trees_all_close(y, numpy_conv(x, params["w"], params["b"], strides, pads),
+                                rtol=1e-10, atol=1e-12)
+    assert layer.output_shape(in_hw + (2,)) == y.shape[1:]
+    xla_same = jax.lax.conv_general_dilated(x, params["w"], strides, padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    chex.assert_trees_all_close(y, xla_same + params["b"].reshape(1, 1, 1, 3), rtol=1e-10)
+
+
+POOL_CASES = [((2, 2), None, (4, 6)), ((2, 2), None, (5, 7)), ((3, 3), (2, 2), (7, 8)),
+              ((2, 3), (1, 2), (4, 7)), ((3, 1), (1, 1), (5, 3)), ((4, 4), None, (4, 4))]
+REDUCERS = [(nn.MaxPool, lambda p: p.max(axis=1)), (nn.AvgPool, lambda p: p.mean(axis=1)),
+            (nn.L2Pool, lambda p: np.sqrt((p ** 2).sum(axis=1)))]
+
+
+@pytest.mark.parametrize("window,strides,in_hw", POOL_CASES)
+@pytest.mark.parametrize("factory,reduce", REDUCERS)
+def test_pool_forward_matches_loop_reference_and_shape_inference(factory, reduce, window, strides,
+                                                                 in_hw, x64):
+    layer = factory(window, strides)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2,) + in_hw + (3,)))
+    y, _ = layer.apply({}, {}, x)
+    y_forward, _, _ = layer.forward({}, {}, x)
+    expected = numpy_pool(x, window, window if strides is None else strides, reduce)
+    chex.assert_trees_all_close(y, expected, rtol=1e-12)
+    chex.assert_trees_all_close(y_forward, expected, rtol=1e-12)
+    assert layer.output_shape(in_hw + (3,)) == y.shape[1:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Max-pool ties, L2 at zero, branches.
+
+
+@pytest.mark.parametrize("strides", [None, (1, 1)])  # the reshape path and the strided-slice path
+def test_maxpool_ties_go_to_the_first_entry_in_row_major_order(strides):
+    layer = nn.MaxPool(2, strides)
+    x = jnp.array([[0.0, 5.0, 1.0, 1.0],
+                   [5.0, 5.0, 1.0, 1.0]]).reshape(1, 2, 4, 1)
+    y, _, res = layer.forward({}, {}, x)
+    _, dx = layer.backward({}, res, jnp.ones_like(y))
+    if strides is None:   # windows [[0,5],[5,5]] and [[1,1],[1,1]]: winners (0,1) and (0,2)
+        expected = [[0, 1, 1, 0], [0, 0, 0, 0]]
+    else:                 # three windows: winners (0,1), (0,1) again (tied with (1,1)), (0,2)
+        expected = [[0, 2, 1, 0], [0, 0, 0, 0]]
+    chex.assert_trees_all_equal(dx[0, :, :, 0], jnp.array(expected, jnp.float32))
+    chex.assert_trees_all_equal(layer.branches({}, {}, x)[0, :, :, 0],
+                                jnp.array([[1, 0]] if strides is None else [[1, 0, 0]]))
+
+
+def test_maxpool_overlapping_winner_collects_every_window():
+    x = jnp.zeros((1, 3, 3, 1)).at[0, 1, 1, 0].set(9.0)
+    layer = nn.MaxPool(2, strides=1)
+    y, _, res = layer.forward({}, {}, x)
+    _, dx = layer.backward({}, res, jnp.arange(1.0, 5.0).reshape(1, 2, 2, 1))
+    assert float(dx[0, 1, 1, 0]) == 10.0 and float(jnp.sum(jnp.abs(dx))) == 10.0
+
+
+def test_l2pool_gradient_is_zero_and_finite_at_an_all_zero_window():
+    x = jnp.zeros((1, 4, 4, 1)).at[0, 2:, 2:, 0].set(jnp.array([[3.0, 0.0], [0.0, 4.0]]))
+    layer = nn.L2Pool(2)
+    y, _, res = layer.forward({}, {}, x)
+    chex.assert_trees_all_close(y[0, :, :, 0], jnp.array([[0.0, 0.0], [0.0, 5.0]]))
+    _, dx = layer.backward({}, res, jnp.ones_like(y))
+    chex.assert_tree_all_finite(dx)
+    expected = jnp.zeros((4, 4)).at[2, 2].set(0.6).at[3, 3].set(0.8)
+    chex.assert_trees_all_close(dx[0, :, :, 0], expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input errors.
+
+
+@pytest.mark.parametrize("bad,words", [
+    ((2, 28, 28), ["Conv2D", "(batch, height, width, 1)", "(2, 28, 28)", "rank 3"]),
+    ((28, 28, 1), ["Conv2D", "(28, 28, 1)", "rank 3"]),
+    ((2, 1, 28, 28), ["Conv2D", "(batch, height, width, 1)", "(2, 1, 28, 28)", "28 channels"]),
+    ((2, 28, 28, 3), ["Conv2D", "(batch, height, width, 1)", "(2, 28, 28, 3)", "3 channels"]),
+])
+def test_conv_rejects_non_nhwc_or_wrong_channels(bad, words):
+    layer = nn.Conv2D(4, 5)
+    params, state = {"w": jnp.zeros((5, 5, 1, 4)), "b": jnp.zeros(4)}, {}
+    for run in (layer.apply, jax.jit(layer.apply)):
+        with pytest.raises(ValueError) as error:
+            run(params, state, jnp.zeros(bad))
+        for word in words:
+            assert word in str(error.value), str(error.value)
+
+
+def test_conv_and_pool_reject_inputs_smaller_than_the_window():
+    with pytest.raises(ValueError, match="Conv2D: expected a spatial size of at least 5"):
+        nn.Conv2D(4, 5).init(jax.random.key(0), (4, 8, 1))
+    with pytest.raises(ValueError, match="MaxPool: expected an NHWC input"):
+        nn.MaxPool(2).apply({}, {}, jnp.zeros((4, 4)))
+    with pytest.raises(ValueError, match="AvgPool: expected a spatial size of at least 3"):
+        nn.AvgPool(3).apply({}, {}, jnp.zeros((1, 2, 5, 1)))
+    with pytest.raises(ValueError, match="padding"):
+        nn.Conv2D(4, 3, padding="same")
+    with pytest.raises(ValueError, match="kernel"):
+        nn.Conv2D(4, (3, 3, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole CNN of examples/mnist_cnn.py in miniature, through fn.gradcheck.check.
+
+
+def test_gradient_check_of_a_small_cnn_passes_with_kinks_reported():
+    model = nn.serial(
+        nn.Conv2D(3, 3), nn.BatchNorm(), nn.Relu(), nn.MaxPool(2),
+        nn.Conv2D(4, 2, padding="SAME"), nn.Relu(), nn.MaxPool(2), nn.Flatten(),
+        nn.Dense(6), nn.Relu(), nn.Dropout(0.5), nn.Dense(3))
+    # numpy draws instead of model.init: threefry sampling per shape costs seconds of compilation
+    rng = np.random.default_rng(0)
+    shapes, state = jax.eval_shape(lambda k: model.init(k, (10, 10, 1)), jax.random.key(0))
+    params = jax.tree.map(lambda s: 0.5 * rng.standard_normal(s.shape), shapes)
+    state = jax.tree.map(lambda s: np.full(s.shape, 0.5), state)   # only used at eval anyway
+    x = rng.standard_normal((4, 10, 10, 1))
+    labels = jnp.array([0, 1, 2, 1])
+    report = fn.gradcheck.check(model, fn.losses.softmax_cross_entropy, params, state, x, labels,
+                                key=jax.random.key(2), samples=6)
+    assert report.passed, str(report)
+    assert len(report.leaves) == 10   # 4 weight/bias pairs and BatchNorm's scale and offset
+    for leaf in report.leaves:
+        assert leaf.hand_vs_autodiff <= 1e-9, str(report)
+    assert len(report.kinks) <= 3, str(report)   # kinks are rare and only excused, never hidden
