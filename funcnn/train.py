@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn import backprop, checkpoint
+from funcnn import backprop, checkpoint, parallel
 from funcnn.optim import apply_updates
 from funcnn.paths import leaf_paths
 
@@ -165,8 +165,8 @@ def _guarded_body(step, images, labels, epoch_key, augment):
         ok = metrics.pop("finite") & (carry.bad_step < 0)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         carry = EpochCarry(keep(params, carry.params), keep(state, carry.state),
-                       keep(opt_state, carry.opt_state),
-                       jnp.where((carry.bad_step < 0) & ~ok, i, carry.bad_step))
+                           keep(opt_state, carry.opt_state),
+                           jnp.where((carry.bad_step < 0) & ~ok, i, carry.bad_step))
         return carry, jax.tree.map(lambda m: jnp.where(ok, m, jnp.nan), metrics)
 
     return body
@@ -291,7 +291,7 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         regularizer=None, hand_written: bool = False, augment: Callable | None = None,
         callbacks: Sequence[Callable] = (), early_stopping: EarlyStopping | None = None,
         progress: bool = True, checkpoint_path=None, checkpoint_every: int = 1,
-        resume: bool = False, max_device_bytes: int = 2**31) -> FitResult:
+        resume: bool = False, max_device_bytes: int = 2**31, mesh=None) -> FitResult:
     """Train `model` on `train = (x, y)` for `epochs` epochs of shuffled mini-batches.
 
     Parameters are initialised from `key` unless given. Each epoch's shuffle, dropout masks
@@ -300,7 +300,9 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     `checkpoint_path`, a checkpoint is written atomically every `checkpoint_every` epochs, and
     `resume=True` continues from it. `history` holds per-epoch "loss", "accuracy",
     "val_loss", "val_accuracy", "update_ratio" (dict of leaf → mean ‖Δθ‖/‖θ‖) and
-    "epoch_time". `callbacks(epoch, logs, result)` may return True to stop.
+    "epoch_time". `callbacks(epoch, logs, result)` may return True to stop. With a device
+    `mesh` (`fn.parallel.mesh()`), every batch is split across its devices and the parameters
+    and states are replicated (data parallelism; see `funcnn.parallel`).
     """
     x, y = train
     if len(x) != len(y):
@@ -324,19 +326,24 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         result = _resume(checkpoint_path, params, state, opt_state, key)
 
     step = make_step(model, loss, optimizer, regularizer=regularizer, hand_written=hand_written)
+    place = lambda tree: tree
+    if mesh is not None:
+        parallel.check_batch_size(batch_size, mesh)
+        step = parallel.data_parallel(step, mesh)
+        place = lambda tree: parallel.replicate(tree, mesh)
     streaming = np.asarray(x).nbytes + np.asarray(y).nbytes > max_device_bytes
     if streaming:
         images, labels = np.asarray(x), np.asarray(y)
         run_epoch = _make_streaming_epoch(step, batch_size, augment)
     else:
-        images, labels = jnp.asarray(x), jnp.asarray(y)
+        images, labels = place((jnp.asarray(x), jnp.asarray(y)))
         run_epoch = jax.jit(make_epoch(step, batch_size, augment), donate_argnums=0)
 
     best = None
     for epoch in range(result.epoch + 1, epochs + 1):
         start = time.perf_counter()
-        carry = EpochCarry(*jax.tree.map(jnp.copy, (result.params, result.state, result.opt_state)),
-                       jnp.array(-1))
+        carry = place(EpochCarry(*jax.tree.map(jnp.copy, (result.params, result.state,
+                                                          result.opt_state)), jnp.array(-1)))
         carry, metrics = run_epoch(carry, images, labels, jax.random.fold_in(train_key, epoch))
         bad_step = int(carry.bad_step)
         logs = _epoch_logs(metrics)
