@@ -12,6 +12,7 @@ step, with `.result` holding the last good parameters.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -215,6 +216,28 @@ def _make_streaming_epoch(step, batch_size, augment):
     return epoch
 
 
+def _build_epoch_runner(model, loss, optimizer, regularizer, hand_written, batch_size, augment,
+                        mesh, streaming):
+    step = make_step(model, loss, optimizer, regularizer=regularizer, hand_written=hand_written)
+    if mesh is not None:
+        step = parallel.data_parallel(step, mesh)
+    if streaming:
+        return _make_streaming_epoch(step, batch_size, augment)
+    return jax.jit(make_epoch(step, batch_size, augment), donate_argnums=0)
+
+
+_cached_epoch_runner = functools.lru_cache(maxsize=16)(_build_epoch_runner)
+
+
+def _epoch_runner(*configuration):
+    """The compiled epoch for this configuration, reused across `fit` calls (layers, losses and
+    optimizers are immutable values, hence hashable); built afresh when something is not."""
+    try:
+        return _cached_epoch_runner(*configuration)
+    except TypeError:
+        return _build_epoch_runner(*configuration)
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation.
 
@@ -325,19 +348,15 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         result = _resume(checkpoint_path, params, state, opt_state, key)
 
-    step = make_step(model, loss, optimizer, regularizer=regularizer, hand_written=hand_written)
     place = lambda tree: tree
     if mesh is not None:
         parallel.check_batch_size(batch_size, mesh)
-        step = parallel.data_parallel(step, mesh)
         place = lambda tree: parallel.replicate(tree, mesh)
     streaming = np.asarray(x).nbytes + np.asarray(y).nbytes > max_device_bytes
-    if streaming:
-        images, labels = np.asarray(x), np.asarray(y)
-        run_epoch = _make_streaming_epoch(step, batch_size, augment)
-    else:
-        images, labels = place((jnp.asarray(x), jnp.asarray(y)))
-        run_epoch = jax.jit(make_epoch(step, batch_size, augment), donate_argnums=0)
+    images, labels = (np.asarray(x), np.asarray(y)) if streaming else \
+        place((jnp.asarray(x), jnp.asarray(y)))
+    run_epoch = _epoch_runner(model, loss, optimizer, regularizer, hand_written, batch_size,
+                              augment, mesh, streaming)
 
     best = None
     for epoch in range(result.epoch + 1, epochs + 1):
