@@ -152,8 +152,9 @@ class EpochCarry(NamedTuple):
     bad_step: jax.Array   # index of the first non-finite step of the epoch, −1 if none
 
 
-def _guarded_body(step, images, labels, epoch_key, augment):
-    """Scan body: gather a batch, (augment,) step, and keep the old values if not finite."""
+def _epoch_body(step, images, labels, epoch_key, augment, guard):
+    """Scan body: gather a batch, (augment,) step, record the first non-finite step; with
+    `guard`, also keep the old values from that step on (and NaN their metrics)."""
 
     def body(carry: EpochCarry, inputs):
         i, index = inputs
@@ -164,10 +165,12 @@ def _guarded_body(step, images, labels, epoch_key, augment):
         params, state, opt_state, metrics = step(carry.params, carry.state, carry.opt_state, x, y,
                                                  jax.random.fold_in(key, 0))
         ok = metrics.pop("finite") & (carry.bad_step < 0)
+        bad_step = jnp.where((carry.bad_step < 0) & ~ok, i, carry.bad_step)
+        if not guard:
+            return EpochCarry(params, state, opt_state, bad_step), metrics
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         carry = EpochCarry(keep(params, carry.params), keep(state, carry.state),
-                           keep(opt_state, carry.opt_state),
-                           jnp.where((carry.bad_step < 0) & ~ok, i, carry.bad_step))
+                           keep(opt_state, carry.opt_state), bad_step)
         return carry, jax.tree.map(lambda m: jnp.where(ok, m, jnp.nan), metrics)
 
     return body
@@ -179,30 +182,32 @@ def _epoch_indices(key, n, batch_size):
     return jnp.arange(steps), order.reshape(steps, batch_size)
 
 
-def make_epoch(step, batch_size: int, augment: Callable | None = None):
+def make_epoch(step, batch_size: int, augment: Callable | None = None, *, guard: bool = True):
     """A pure `epoch(carry, images, labels, key) -> (carry, metrics)`: one `lax.scan` over the
     shuffled full batches of (images, labels), each gathered on the device.
 
-    `carry` is an `EpochCarry` with `bad_step = -1`; metrics have one row per step (NaN rows from
-    the first non-finite step on, whose update is not applied). Jit it, or vmap it over a batch
-    of carries and keys to train an ensemble at once.
+    `carry` is an `EpochCarry` with `bad_step = -1`; it returns with the index of the first
+    non-finite step, or −1. With `guard`, that step and the rest are not applied (their metric
+    rows are NaN), so the carry holds the last good values; without it the epoch runs unguarded,
+    which is faster, and a caller that sees bad_step ≥ 0 replays it guarded (as `fit` does).
+    Metrics have one row per step. Jit it, or vmap it over carries and keys for an ensemble.
     """
 
     def epoch(carry, images, labels, epoch_key):
         steps, indices = _epoch_indices(jax.random.fold_in(epoch_key, 0), images.shape[0],
                                         batch_size)
-        body = _guarded_body(step, images, labels, epoch_key, augment)
+        body = _epoch_body(step, images, labels, epoch_key, augment, guard)
         return jax.lax.scan(body, carry, (steps, indices))
 
     return epoch
 
 
-def _make_streaming_epoch(step, batch_size, augment):
+def _make_streaming_epoch(step, batch_size, augment, guard):
     """Same arithmetic as the scan, one compiled step per host batch, for data too big to hold."""
 
     @jax.jit
     def one(carry, x, y, epoch_key, i):
-        body = _guarded_body(step, x, y, epoch_key, augment)
+        body = _epoch_body(step, x, y, epoch_key, augment, guard)
         return body(carry, (i, jnp.arange(x.shape[0])))
 
     def epoch(carry, images, labels, epoch_key):
@@ -217,13 +222,13 @@ def _make_streaming_epoch(step, batch_size, augment):
 
 
 def _build_epoch_runner(model, loss, optimizer, regularizer, hand_written, batch_size, augment,
-                        mesh, streaming):
+                        mesh, streaming, guard):
     step = make_step(model, loss, optimizer, regularizer=regularizer, hand_written=hand_written)
     if mesh is not None:
         step = parallel.data_parallel(step, mesh)
     if streaming:
-        return _make_streaming_epoch(step, batch_size, augment)
-    return jax.jit(make_epoch(step, batch_size, augment), donate_argnums=0)
+        return _make_streaming_epoch(step, batch_size, augment, guard)
+    return jax.jit(make_epoch(step, batch_size, augment, guard=guard), donate_argnums=0)
 
 
 _cached_epoch_runner = functools.lru_cache(maxsize=16)(_build_epoch_runner)
@@ -355,16 +360,21 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     streaming = np.asarray(x).nbytes + np.asarray(y).nbytes > max_device_bytes
     images, labels = (np.asarray(x), np.asarray(y)) if streaming else \
         place((jnp.asarray(x), jnp.asarray(y)))
-    run_epoch = _epoch_runner(model, loss, optimizer, regularizer, hand_written, batch_size,
-                              augment, mesh, streaming)
+    configuration = (model, loss, optimizer, regularizer, hand_written, batch_size, augment, mesh,
+                     streaming)
+    run_epoch = _epoch_runner(*configuration, False)
 
     best = None
     for epoch in range(result.epoch + 1, epochs + 1):
         start = time.perf_counter()
-        carry = place(EpochCarry(*jax.tree.map(jnp.copy, (result.params, result.state,
-                                                          result.opt_state)), jnp.array(-1)))
-        carry, metrics = run_epoch(carry, images, labels, jax.random.fold_in(train_key, epoch))
+        epoch_key = jax.random.fold_in(train_key, epoch)
+        fresh_carry = lambda: place(EpochCarry(*jax.tree.map(
+            jnp.copy, (result.params, result.state, result.opt_state)), jnp.array(-1)))
+        carry, metrics = run_epoch(fresh_carry(), images, labels, epoch_key)
         bad_step = int(carry.bad_step)
+        if bad_step >= 0:  # replay the epoch guarded: stop at the last good values
+            carry, metrics = _epoch_runner(*configuration, True)(fresh_carry(), images, labels,
+                                                                  epoch_key)
         logs = _epoch_logs(metrics)
         elapsed = time.perf_counter() - start
         history = {k: list(v) for k, v in result.history.items()}

@@ -1,0 +1,101 @@
+"""Timing helpers shared by the benchmark scripts: warm-up, repeats, medians, a table and JSON.
+
+A contender is a factory returning `(first_step, run_steps)`:
+    first_step() -> seconds     the first call (compilation included), once;
+    run_steps(n) -> int | None  about n more training steps, blocking until they are done;
+                                returns how many it ran when that is not exactly n (whole epochs).
+Contenders are measured in rounds, alternating, so a noisy machine hits them all alike.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def steps_for(run_steps, seconds: float, batch: int) -> int:
+    """How many steps take about `seconds`, from a short probe."""
+    start = time.perf_counter()
+    done = run_steps(5) or 5
+    per_step = (time.perf_counter() - start) / done
+    return max(5, int(seconds / per_step))
+
+
+def measure(contenders: dict, *, batch: int, seconds: float = 3.0, repeats: int = 3,
+            epoch_steps: int | None = None) -> dict:
+    """Steady-state samples/s (median of `repeats` rounds of ≥ `seconds`), compile time, epoch
+    time (epoch_steps steps at the median rate) and peak RSS after each contender's set-up."""
+    prepared, results = {}, {}
+    for name, factory in contenders.items():
+        first_step, run_steps = factory()
+        compile_s = first_step()
+        run_steps(3)
+        prepared[name] = (run_steps, steps_for(run_steps, seconds, batch))
+        results[name] = {"first_step_s": compile_s, "rates": [], "peak_rss_mib": peak_rss_mib()}
+    for _ in range(repeats):
+        for name, (run_steps, n) in prepared.items():
+            start = time.perf_counter()
+            done = run_steps(n) or n
+            results[name]["rates"].append(done * batch / (time.perf_counter() - start))
+    for name, r in results.items():
+        r["samples_per_s"] = statistics.median(r["rates"])
+        if epoch_steps:
+            r["epoch_s"] = epoch_steps * batch / r["samples_per_s"]
+    return results
+
+
+def matmul_ceiling(m=128, k=784, n=512, seconds=2.0) -> float:
+    """GFLOP/s of a jitted float32 (m×k)@(k×n) chain: the CPU's practical GEMM ceiling here."""
+    a = jax.random.normal(jax.random.key(0), (m, k))
+    b = jax.random.normal(jax.random.key(1), (k, n)) / k**0.5
+    c = jax.random.normal(jax.random.key(2), (n, k)) / n**0.5
+
+    @jax.jit
+    def chain(a):
+        for _ in range(8):
+            a = (a @ b) @ c
+        return a
+
+    chain(a).block_until_ready()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a = chain(a)
+        count += 1
+    a.block_until_ready()
+    elapsed = time.perf_counter() - start
+    return count * 8 * 2 * (2 * m * k * n) / elapsed / 1e9
+
+
+def report(title: str, results: dict, *, reference: str | None = None, extra: dict | None = None):
+    """Print a table (and a JSON line) of the results; ratios against `reference`."""
+    print(f"\n{title}")
+    header = f"{'contender':<34}{'samples/s':>12}{'first step s':>14}{'epoch s':>10}{'peak MiB':>10}"
+    if reference:
+        header += f"{'vs ' + reference:>22}"
+    print(header)
+    for name, r in sorted(results.items(), key=lambda kv: -kv[1]["samples_per_s"]):
+        line = (f"{name:<34}{r['samples_per_s']:>12,.0f}{r['first_step_s']:>14.2f}"
+                f"{r.get('epoch_s', float('nan')):>10.2f}{r['peak_rss_mib']:>10.0f}")
+        if reference:
+            line += f"{r['samples_per_s'] / results[reference]['samples_per_s']:>21.2f}x"
+        print(line)
+    print("JSON " + json.dumps({"title": title, "results": results, **(extra or {})}))
+    sys.stdout.flush()
+
+
+def block(tree):
+    """Wait for every array of a pytree."""
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jnp.ndarray):
+            leaf.block_until_ready()
+    return tree

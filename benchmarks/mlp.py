@@ -1,0 +1,288 @@
+"""MLP training throughput: funcnn against its peers, in one process, alternating.
+
+(A) 784-512-512-10 ReLU, Adam(1e-3), batch 128.  (B) the notes' 784-64-16-10 sigmoid → tanh →
+softmax, SGD(0.5), batch 128. Peers in their idiomatic form, when installed (`pip install
+'funcnn[bench]' torch`): plain JAX + optax, equinox + optax, flax.nnx + optax, PyTorch eager.
+Each JAX contender is jitted with donated buffers and fed pre-made device batches.
+
+    python benchmarks/mlp.py [--workload A|B|both] [--seconds 3] [--repeats 3]
+
+Prints a table and a JSON line per workload, plus the matmul ceiling measured in the same run
+and workload A's funcnn rate as a fraction of it.
+"""
+import argparse
+import importlib.util
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import funcnn as fn  # noqa: E402
+from funcnn import nn  # noqa: E402
+from harness import block, matmul_ceiling, measure, report  # noqa: E402
+
+BATCH, EPOCH = 128, 60_000
+WORKLOADS = {
+    "A": {"sizes": (784, 512, 512, 10), "activations": ("relu", "relu"), "optimizer": "adam",
+          "lr": 1e-3},
+    "B": {"sizes": (784, 64, 16, 10), "activations": ("sigmoid", "tanh"), "optimizer": "sgd",
+          "lr": 0.5},
+}
+
+
+def flops_per_sample(sizes):
+    """Training ≈ 3 × the forward's 2·Σ in·out multiply-adds (forward, two backward GEMMs)."""
+    return 3 * 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def data(seed=0, n=EPOCH):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 784), np.float32), rng.integers(0, 10, n).astype(np.int32)
+
+
+def device_batches(x, y, count=64):
+    return [(jnp.asarray(x[i * BATCH:(i + 1) * BATCH]), jnp.asarray(y[i * BATCH:(i + 1) * BATCH]))
+            for i in range(count)]
+
+
+def looped(step, carry, batches):
+    """(first_step, run_steps) for a per-step loop over pre-made device batches."""
+    state = {"carry": carry, "i": 0}
+
+    def run_steps(n):
+        carry = state["carry"]
+        for _ in range(n):
+            x, y = batches[state["i"] % len(batches)]
+            carry = step(*carry, x, y)
+            state["i"] += 1
+        state["carry"] = block(carry)
+
+    def first_step():
+        start = time.perf_counter()
+        run_steps(1)
+        return time.perf_counter() - start
+
+    return first_step, run_steps
+
+
+# ---------------------------------------------------------------------------------------------
+# funcnn.
+
+
+def funcnn_model(spec):
+    layers = [nn.Flatten()]
+    acts = {"relu": nn.Relu, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+    for width, act in zip(spec["sizes"][1:-1], spec["activations"]):
+        layers += [nn.Dense(width), acts[act]()]
+    return nn.serial(*layers, nn.Dense(spec["sizes"][-1]))
+
+
+def funcnn_optimizer(spec):
+    return getattr(fn.optim, spec["optimizer"])(spec["lr"])
+
+
+def funcnn_fit(spec, x, y, hand_written=False):
+    """fn.train.fit, one epoch per call, continuing from the previous call's state."""
+    model, loss, opt = funcnn_model(spec), fn.losses.softmax_cross_entropy, funcnn_optimizer(spec)
+    steps_per_call = len(x) // BATCH
+    state = {"result": None}
+
+    def run_epochs(epochs):
+        r = state["result"]
+        for _ in range(epochs):
+            r = fn.train.fit(model, loss, opt, (x, y), epochs=1, batch_size=BATCH,
+                             key=jax.random.key(0), progress=False, hand_written=hand_written,
+                             params=None if r is None else r.params,
+                             state=None if r is None else r.state,
+                             opt_state=None if r is None else r.opt_state)
+        state["result"] = block(r)
+
+    def run_steps(n):
+        epochs = max(1, round(n / steps_per_call))
+        run_epochs(epochs)
+        return epochs * steps_per_call
+
+    def first_step():
+        start = time.perf_counter()
+        run_epochs(1)
+        return time.perf_counter() - start
+
+    return first_step, run_steps
+
+
+def funcnn_step_loop(spec, batches):
+    model, loss, opt = funcnn_model(spec), fn.losses.softmax_cross_entropy, funcnn_optimizer(spec)
+    params, state = model.init(jax.random.key(0), (784,))
+    step = jax.jit(fn.train.make_step(model, loss, opt), donate_argnums=(0, 1, 2))
+    key = jax.random.key(1)
+    return looped(lambda p, s, o, x, y: step(p, s, o, x, y, key)[:3],
+                  (params, state, opt.init(params)), batches)
+
+
+# ---------------------------------------------------------------------------------------------
+# Peers (idiomatic forms).
+
+
+def optax_optimizer(spec):
+    import optax
+    return getattr(optax, spec["optimizer"])(spec["lr"])
+
+
+def _jax_act(name):
+    return {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}[name]
+
+
+def plain_jax(spec, batches):
+    import optax
+    keys = jax.random.split(jax.random.key(0), len(spec["sizes"]))
+    params = [(jax.random.normal(k, (a, b)) / np.sqrt(a), jnp.zeros(b))
+              for k, a, b in zip(keys, spec["sizes"][:-1], spec["sizes"][1:])]
+    tx = optax_optimizer(spec)
+
+    def loss_fn(params, x, y):
+        for (w, b), act in zip(params[:-1], spec["activations"]):
+            x = _jax_act(act)(x @ w + b)
+        w, b = params[-1]
+        return optax.softmax_cross_entropy_with_integer_labels(x @ w + b, y).mean()
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        grads = jax.grad(loss_fn)(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    step = jax.jit(step, donate_argnums=(0, 1))
+    return looped(step, (params, tx.init(params)), batches)
+
+
+def equinox_mlp(spec, batches):
+    import equinox as eqx
+    import optax
+    sizes, acts = spec["sizes"], [_jax_act(a) for a in spec["activations"]]
+    keys = jax.random.split(jax.random.key(0), len(sizes))
+    layers = [eqx.nn.Linear(a, b, key=k) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+    tx = optax_optimizer(spec)
+
+    def forward(layers, x):
+        for layer, act in zip(layers[:-1], acts):
+            x = act(jax.vmap(layer)(x))
+        return jax.vmap(layers[-1])(x)
+
+    @eqx.filter_jit(donate="all")
+    def step(layers, opt_state, x, y):
+        def loss_fn(layers):
+            return optax.softmax_cross_entropy_with_integer_labels(forward(layers, x), y).mean()
+        grads = eqx.filter_grad(loss_fn)(layers)
+        updates, opt_state = tx.update(grads, opt_state, eqx.filter(layers, eqx.is_array))
+        return eqx.apply_updates(layers, updates), opt_state
+
+    return looped(step, (layers, tx.init(eqx.filter(layers, eqx.is_array))), batches)
+
+
+def flax_nnx(spec, batches):
+    import optax
+    from flax import nnx
+    sizes, acts = spec["sizes"], [_jax_act(a) for a in spec["activations"]]
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs)
+                                    for a, b in zip(sizes[:-1], sizes[1:])])
+
+        def __call__(self, x):
+            for layer, act in zip(self.layers[:-1], acts):
+                x = act(layer(x))
+            return self.layers[-1](x)
+
+    model = MLP(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax_optimizer(spec), wrt=nnx.Param)
+
+    @nnx.jit(donate_argnums=(0, 1))
+    def step(model, optimizer, x, y):
+        def loss_fn(model):
+            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+        grads = nnx.grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return model, optimizer
+
+    return looped(step, (model, optimizer), batches)
+
+
+def torch_eager(spec, batches):
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    sizes = spec["sizes"]
+    acts = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh}
+    layers = []
+    for a, b, act in zip(sizes[:-2], sizes[1:-1], spec["activations"]):
+        layers += [torch.nn.Linear(a, b), acts[act]()]
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-2], sizes[-1]))
+    opt = getattr(torch.optim, {"adam": "Adam", "sgd": "SGD"}[spec["optimizer"]])(
+        model.parameters(), lr=spec["lr"])
+    torch_batches = [(torch.tensor(np.asarray(x)), torch.tensor(np.asarray(y)).long())
+                     for x, y in batches]
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+        return ()
+
+    return looped(lambda x, y: step(x, y), (), torch_batches)
+
+
+PEERS = {"plain JAX + optax": (plain_jax, ("optax",)),
+         "equinox + optax": (equinox_mlp, ("equinox", "optax")),
+         "flax.nnx + optax": (flax_nnx, ("flax", "optax")),
+         "PyTorch eager": (torch_eager, ("torch",))}
+
+
+def contenders(spec, x, y):
+    batches = device_batches(x, y)
+    found = {"funcnn fit (epoch scan)": lambda: funcnn_fit(spec, x, y),
+             "funcnn fit, hand-written grads": lambda: funcnn_fit(spec, x, y, hand_written=True),
+             "funcnn make_step loop": lambda: funcnn_step_loop(spec, batches)}
+    for name, (build, modules) in PEERS.items():
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            print(f"(skipping {name}: {', '.join(missing)} not installed)")
+            continue
+        found[name] = lambda build=build: build(spec, batches)
+    return found
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=["A", "B", "both"], default="both")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs")
+    x, y = data()
+    ceiling = matmul_ceiling()
+    print(f"matmul ceiling: {ceiling:.1f} GFLOP/s (float32 128×784 @ 784×512 chain)")
+    for name in (["A", "B"] if args.workload == "both" else [args.workload]):
+        spec = WORKLOADS[name]
+        results = measure(contenders(spec, x, y), batch=BATCH, seconds=args.seconds,
+                          repeats=args.repeats, epoch_steps=EPOCH // BATCH)
+        bound = ceiling * 1e9 / flops_per_sample(spec["sizes"])
+        best_peer = max((r["samples_per_s"] for k, r in results.items() if not k.startswith("funcnn")),
+                        default=float("nan"))
+        ours = results["funcnn fit (epoch scan)"]["samples_per_s"]
+        extra = {"ceiling_gflops": ceiling, "ceiling_samples_per_s": bound,
+                 "fit_fraction_of_ceiling": ours / bound, "fit_vs_best_peer": ours / best_peer}
+        report(f"workload {name}: {'-'.join(map(str, spec['sizes']))} "
+               f"{'/'.join(spec['activations'])}, {spec['optimizer']}, batch {BATCH}", results,
+               reference="funcnn fit (epoch scan)", extra=extra)
+        print(f"ceiling for this model: {bound:,.0f} samples/s; funcnn fit reaches "
+              f"{100 * ours / bound:.0f} % of it and {ours / best_peer:.2f}× the best peer")
+
+
+if __name__ == "__main__":
+    main()
