@@ -253,24 +253,36 @@ def _batched(fn_batch, arrays, batch_size):
             range(0, n, batch_size)]
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled_outputs(model):
+    return jax.jit(lambda params, state, x: model.apply(params, state, x, train=False)[0])
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_totals(model, loss):
+    """Jitted (Σ loss, Σ correct) of one batch; NaN correct-count when not classification."""
+
+    def totals(params, state, x, y):
+        outputs, _ = model.apply(params, state, x, train=False)
+        acc = accuracy(outputs, y)
+        count = x.shape[0]
+        return loss(outputs, y) * count, (jnp.nan if acc is None else acc * count)
+
+    return jax.jit(totals)
+
+
 def predict(model, params, state, x, *, batch_size=1000):
     """Model outputs in evaluation mode (train=False), computed in batches."""
-    run = jax.jit(lambda xb: model.apply(params, state, xb, train=False)[0])
-    return jnp.concatenate(_batched(run, (jnp.asarray(x),), batch_size))
+    run = _compiled_outputs(model)
+    return jnp.concatenate(_batched(lambda xb: run(params, state, xb), (jnp.asarray(x),),
+                                    batch_size))
 
 
 def evaluate(model, loss, params, state, data, *, batch_size=1000) -> dict:
     """Mean loss (and accuracy for classification) over `data = (x, y)`, in evaluation mode."""
     x, y = (jnp.asarray(a) for a in data)
-
-    @jax.jit
-    def totals(xb, yb):
-        outputs, _ = model.apply(params, state, xb, train=False)
-        acc = accuracy(outputs, yb)
-        count = xb.shape[0]
-        return loss(outputs, yb) * count, (jnp.nan if acc is None else acc * count)
-
-    parts = _batched(totals, (x, y), batch_size)
+    totals = _compiled_totals(model, loss)
+    parts = _batched(lambda xb, yb: totals(params, state, xb, yb), (x, y), batch_size)
     n = x.shape[0]
     result = {"loss": float(sum(p[0] for p in parts)) / n}
     acc = float(sum(p[1] for p in parts)) / n
