@@ -1,0 +1,163 @@
+"""fn.diagnostics against closed forms and numpy: initial loss, per-layer statistics, overfit."""
+import dataclasses
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import funcnn as fn
+from funcnn import nn
+
+LOSS = fn.losses.softmax_cross_entropy
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = fn.data.digits("train")
+    return x[:200], y[:200]
+
+
+LAYERS = [nn.Flatten(), nn.Dense(32), nn.Relu(), nn.Dense(10, w_init=fn.init.normal(1e-3))]
+SMALL_INIT = nn.serial(*LAYERS)   # one instance for the whole module: its jits compile once
+
+
+# ---------------------------------------------------------------------------------------------
+# Initial loss.
+
+
+def test_expected_initial_loss_closed_forms():
+    d = fn.diagnostics.expected_initial_loss
+    assert d(LOSS, 10) == pytest.approx(2.302585, abs=1e-6)
+    assert d(fn.losses.log_likelihood, 3) == pytest.approx(math.log(3))
+    assert d(fn.losses.multiclass_hinge, 10) == 9.0
+    assert d(fn.losses.multiclass_hinge, 10, margin=2.0) == 18.0
+    assert d(fn.losses.multiclass_hinge, 10, margin=2.0, squared=True) == 36.0
+    # The closed forms are the losses of all-zero scores.
+    zeros, labels = jnp.zeros((4, 10)), jnp.array([0, 3, 9, 2])
+    assert float(LOSS(zeros, labels)) == pytest.approx(d(LOSS, 10), rel=1e-6)
+    assert float(fn.losses.multiclass_hinge(zeros, labels)) == pytest.approx(9.0)
+    with pytest.raises(ValueError, match="no closed form"):
+        d(fn.losses.mean_squared_error, 10)
+    with pytest.raises(ValueError, match="classes"):
+        d(LOSS, 1)
+
+
+def test_initial_loss_of_a_small_init_model_within_5_percent(digits):
+    x, y = digits
+    for loss, expected in ((LOSS, math.log(10)), (fn.losses.multiclass_hinge, 9.0)):
+        check = fn.diagnostics.initial_loss_check(SMALL_INIT, loss, x, y, key=jax.random.key(0))
+        assert check.passed, str(check)
+        assert check.expected == pytest.approx(expected)
+        assert abs(check.measured - expected) <= 0.05 * expected
+    # Large initial scores (the notes' warning sign) fail the check and say why.
+    big = nn.serial(nn.Flatten(), nn.Dense(10, w_init=fn.init.normal(3.0)))
+    check = fn.diagnostics.initial_loss_check(big, LOSS, x, y, key=jax.random.key(0))
+    assert not check.passed and check.measured > 1.05 * math.log(10)
+    assert "initialise the last layer smaller" in str(check)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-layer statistics.
+
+
+def _numpy_forward(params, x):
+    w1, b1, w2, b2 = (np.asarray(params[i][k], np.float64) for i, k in
+                      ((0, "w"), (0, "b"), (2, "w"), (2, "b")))
+    z1 = x @ w1 + b1
+    a1 = np.maximum(z1, 0)
+    z2 = a1 @ w2 + b2
+    return z1, a1, z2, 1 / (1 + np.exp(-z2))
+
+
+def test_layer_stats_match_numpy(x64):
+    rng = np.random.default_rng(0)
+    layers = [nn.Dense(6), nn.Relu(), nn.Dense(4), nn.Sigmoid()]
+    params, state = jax.jit(nn.serial(*layers).init, static_argnums=1)(jax.random.key(1), (5,))
+    # Two dead ReLU units (bias −100) and a saturating second layer (large weights).
+    params = (dict(params[0], b=params[0]["b"].at[:2].set(-100.0)), {},
+              dict(params[2], w=params[2]["w"] * 8.0), {})
+    x = rng.standard_normal((64, 5))
+    target = rng.uniform(size=(64, 4))
+    loss = fn.losses.mean_squared_error
+    stats = jax.jit(lambda p, s, x, y: fn.diagnostics.layer_stats(layers, loss, p, s, x, y))(
+        params, state, x, target)
+
+    z1, a1, z2, a2 = _numpy_forward(params, x)
+    for s, a in zip(stats, (z1, a1, z2, a2)):
+        chex.assert_trees_all_close((s.activation["mean"], s.activation["std"]),
+                                    (a.mean(), a.std()), rtol=1e-9)
+        counts, edges = np.histogram(a, bins=30)
+        np.testing.assert_array_equal(np.asarray(s.activation["hist"]), counts)
+        np.testing.assert_allclose(np.asarray(s.activation["edges"]), edges, rtol=1e-9)
+    assert [s.name for s in stats] == ["Dense", "Relu", "Dense", "Sigmoid"]
+    assert float(stats[1].activation["dead"]) == pytest.approx(
+        np.mean(np.all(a1 <= 0, axis=0))) and np.all(a1[:, :2] == 0)
+    assert float(stats[1].activation["dead"]) >= 2 / 6
+    assert float(stats[1].activation["zero"]) == pytest.approx(np.mean(a1 <= 0))
+    saturated = np.mean((a2 < 0.01) | (a2 > 0.99))
+    assert saturated > 0.1
+    assert float(stats[3].activation["saturated"]) == pytest.approx(saturated)
+
+    # δ at the output: ∂/∂a of mean((a − t)²) = 2(a − t)/size, by hand; then δ before the
+    # sigmoid: ⊙ σ'(z) — numpy references for the two last layers.
+    delta_out = 2 * (a2 - target) / a2.size
+    delta_z2 = delta_out * a2 * (1 - a2)
+    chex.assert_trees_all_close((stats[3].gradient["mean"], stats[3].gradient["std"]),
+                                (delta_out.mean(), delta_out.std()), rtol=1e-9)
+    chex.assert_trees_all_close((stats[2].gradient["mean"], stats[2].gradient["std"]),
+                                (delta_z2.mean(), delta_z2.std()), rtol=1e-9)
+    # The hand-written walk and the jax.vjp walk agree on every statistic of every layer.
+    auto = jax.jit(lambda p, s, x, y: fn.diagnostics.layer_stats(layers, loss, p, s, x, y,
+                                                                 autodiff=True))(
+        params, state, x, target)
+    chex.assert_trees_all_close(stats, auto, rtol=1e-9, atol=1e-15)
+    assert "Relu" in fn.diagnostics.format_stats(stats)
+
+
+def test_layer_stats_needs_the_layers_of_a_serial():
+    with pytest.raises(TypeError, match="list of layers"):
+        fn.diagnostics.layer_stats(SMALL_INIT, LOSS, ({},) * 4, ({},) * 4, jnp.zeros((2, 64)))
+    # A single layer works alone, without a loss (forward statistics only).
+    (stats,) = jax.jit(lambda x: fn.diagnostics.layer_stats(nn.Tanh(), None, {}, {}, x))(
+        jnp.full((3, 2), 10.0))
+    assert stats.gradient is None and float(stats.activation["saturated"]) == 1.0
+
+
+def test_ratio_health():
+    verdict = fn.diagnostics.ratio_health({"0/w": 1e-3, "0/b": 5e-3, "2/w": 1e-6, "2/b": 1.0})
+    assert verdict == {"0/w": "ok", "0/b": "ok", "2/w": "too small", "2/b": "too large"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Overfitting 20 examples.
+
+
+def _zero_backward(layer):
+    """The same layer with its gradient cut: backward returns zeros (public contract only)."""
+    def backward(params, res, dy):
+        dparams, dx = layer.backward(params, res, dy)
+        return jax.tree.map(jnp.zeros_like, dparams), jnp.zeros_like(dx)
+
+    return dataclasses.replace(layer, backward=backward)
+
+
+def test_overfit_check_passes_on_a_correct_model_and_fails_on_broken_ones(digits):
+    x, y = digits
+    opt = fn.optim.adam(1e-2)
+    run = lambda model, optimizer, **kw: fn.diagnostics.overfit_check(
+        model, LOSS, optimizer, x, y, key=jax.random.key(0), steps=150, **kw)
+
+    good = run(SMALL_INIT, opt, hand_written=True)
+    assert good.passed, str(good)
+    assert good.final_loss < 0.02 * good.initial_loss and good.accuracy == 1.0
+    assert good.losses.shape == (150,) and good.losses[-1] < good.losses[0]
+
+    frozen = run(SMALL_INIT, fn.optim.adam(0.0))
+    assert not frozen.passed and "never moved" in frozen.message
+
+    cut = run(nn.serial(*LAYERS[:-1], _zero_backward(LAYERS[-1])), opt, hand_written=True)
+    assert not cut.passed and "cuts the gradient" in str(cut)
+
