@@ -65,15 +65,15 @@ class LayerStats:
 def _children(model) -> tuple[tuple[Layer, ...], bool]:
     """(layers, single): the children of `model`, and whether it is one non-serial layer."""
     if isinstance(model, Layer):
+        if not model.name.startswith("serial("):
+            return (model,), True
         children = tuple(getattr(model, "children", ()) or ())
-        if children:
-            return children, False
-        if model.name.startswith("serial("):
+        if not children:
             raise TypeError("diagnostics: this serial model does not expose its layers; pass the "
                             "list of layers given to fn.nn.serial instead (its params tuple is "
                             "the serial model's params), e.g. layer_stats([Flatten(), Dense(64), "
                             "Relu(), Dense(10)], loss, params, state, x, y)")
-        return (model,), True
+        return children, False
     layers = tuple(model)
     if not layers or not all(isinstance(layer, Layer) for layer in layers):
         raise TypeError(f"diagnostics: expected a Layer or a sequence of Layers, received "

@@ -146,6 +146,7 @@ def histograms(stats: Sequence, *, path=None):
                          f"{extra})", fontsize=9)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("count")
+            ax.locator_params(axis="x", nbins=5)
     fig.suptitle("Per-layer activation and gradient histograms")
     return _finish(fig, path)
 

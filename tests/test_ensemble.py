@@ -36,8 +36,14 @@ def test_members_are_the_runs_fit_would_make(digits, trained):
     optimizer, result = trained
     chex.assert_tree_shape_prefix(result.params, (MEMBERS,))
     last = MEMBERS - 1
-    single = fn.train.fit(MODEL, LOSS, optimizer, train, epochs=2, batch_size=32,
-                          key=jax.random.split(jax.random.key(0), MEMBERS)[last], progress=False)
+    key = jax.random.split(jax.random.key(0), MEMBERS)[last]
+    # fit initialises from split(key)[0]; the jitted init (compiled once here) gives the same.
+    params, state = jax.jit(MODEL.init, static_argnums=1)(jax.random.split(key)[0], (8, 8, 1))
+    chex.assert_trees_all_close(fn.ensemble.member(fn.ensemble.init(MODEL, jax.random.key(0),
+                                                                    (8, 8, 1), MEMBERS)[0], last),
+                                params)
+    single = fn.train.fit(MODEL, LOSS, optimizer, train, epochs=2, batch_size=32, key=key,
+                          params=params, state=state, progress=False)
     chex.assert_trees_all_close(fn.ensemble.member(result.params, last), single.params,
                                 rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(fn.ensemble.member(result.opt_state, last), single.opt_state,

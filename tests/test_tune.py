@@ -118,8 +118,10 @@ def test_training_objective_matches_fit_and_scores_divergence_inf(digits, search
     objective, result = search
     # A trial is exactly the run fn.train.fit makes with the same key (a separate code path).
     lr = float(result.configs["learning_rate"][0])
+    key = jax.random.key(1)
+    params, state = jax.jit(MODEL.init, static_argnums=1)(jax.random.split(key)[0], (8, 8, 1))
     fitted = fn.train.fit(MODEL, LOSS, sgd_momentum(lr), train, epochs=3, batch_size=32,
-                          key=jax.random.key(1), progress=False)
+                          key=key, params=params, state=state, progress=False)
     reference = fn.train.evaluate(MODEL, LOSS, fitted.params, fitted.state, validation)["loss"]
     assert result.scores[0] == pytest.approx(reference, rel=1e-4)
     # A trial meeting a non-finite step scores +inf (same trial count: no recompilation).
@@ -143,7 +145,13 @@ def test_lr_range_test_smooths_stops_and_agrees_with_random_search(digits, searc
     np.testing.assert_allclose(test.smoothed[finite], np.asarray(reference)[finite], rtol=1e-5)
     ratio = np.diff(np.log(test.learning_rates))
     np.testing.assert_allclose(ratio, math.log(1e7) / 99, rtol=1e-6)
-    assert test.suggestion == pytest.approx(test.learning_rates[np.argmin(test.smoothed)] / 10)
+    # Default rule: steepest descent of the smoothed loss per unit of ln α, before the minimum.
+    lrs, smooth, low = test.learning_rates, test.smoothed, int(np.argmin(test.smoothed))
+    slopes = [(smooth[i + 1] - smooth[i - 1]) / math.log(lrs[i + 1] / lrs[i - 1])
+              for i in range(1, low)]
+    assert test.rule == "steepest"
+    assert test.suggestion == pytest.approx(lrs[1 + int(np.argmin(slopes))])
+    assert smooth[1 + int(np.argmin(slopes))] < smooth[0]
 
     # The suggestion lies within one decade of the best LR of the random search.
     best = search[1].best["learning_rate"]
