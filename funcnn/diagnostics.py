@@ -81,10 +81,10 @@ def _children(model) -> tuple[tuple[Layer, ...], bool]:
     return layers, False
 
 
-def _summary(a, bins: int, value_range) -> dict:
+def _summary(a, bins: int) -> dict:
     """Mean, std, min, max and a histogram of every entry of `a`."""
     flat = a.ravel()
-    counts, edges = jnp.histogram(flat, bins=bins, range=value_range)
+    counts, edges = jnp.histogram(flat, bins=bins)       # bins span [min, max]
     return {"mean": jnp.mean(flat), "std": jnp.std(flat), "min": jnp.min(flat),
             "max": jnp.max(flat), "hist": counts, "edges": edges}
 
@@ -106,8 +106,8 @@ def _saturation(name: str, a, eps: float) -> dict:
     return {}
 
 
-def _stats(name, a, bins, value_range, eps):
-    return {**_summary(a, bins, value_range), **_saturation(name, a, eps)}
+def _stats(name, a, bins, eps):
+    return {**_summary(a, bins), **_saturation(name, a, eps)}
 
 
 def layer_stats(model, loss, params, state, x, y=None, *, key=None, train: bool = False,
@@ -117,7 +117,7 @@ def layer_stats(model, loss, params, state, x, y=None, *, key=None, train: bool 
 
     Runs each child's `forward`, recording its output aˡ, then — when `y` is given — the
     children's hand-written `backward` from δᴸ = loss.grad(a, y) (or `jax.vjp` with
-    `autodiff=True`), recording δˡ = ∂L/∂aˡ. Pure: jit it with `model`/`loss` static.
+    `autodiff=True`), recording δˡ = ∂L/∂aˡ. Pure: jit a closure over `model` and `loss`.
     `model` is the list of layers given to `fn.nn.serial` (params: that serial's tuple).
     """
     layers, single = _children(model)
@@ -144,8 +144,8 @@ def layer_stats(model, loss, params, state, x, y=None, *, key=None, train: bool 
             _, dy = vjps[i](dy) if autodiff else layers[i].backward(params[i], residuals[i], dy)
 
     return tuple(
-        LayerStats(i, layer.name, _stats(layer.name, outputs[i], bins, None, eps),
-                   None if deltas[i] is None else _stats("", deltas[i], bins, None, eps))
+        LayerStats(i, layer.name, _stats(layer.name, outputs[i], bins, eps),
+                   None if deltas[i] is None else _stats("", deltas[i], bins, eps))
         for i, layer in enumerate(layers))
 
 
@@ -262,9 +262,10 @@ def overfit_check(model, loss, optimizer, x, y, *, key, examples: int = 20, step
                   hand_written: bool = False) -> OverfitReport:
     """Train on `examples` rows drawn with `key`, full batch, no regularizer, for `steps` steps.
 
-    A correct set-up memorises them: passed ⇔ the final loss ≤ rtol·initial loss (and 100 %
-    training accuracy for classification). A loss that never moves means a learning rate of 0
-    or a cut gradient; a non-finite loss means divergence. One compiled `lax.scan`.
+    Pass an optimizer without weight decay. A correct set-up memorises them: passed ⇔ the
+    final loss ≤ rtol·initial loss (and 100 % training accuracy for classification). A loss
+    that never moves means a learning rate of 0 or a cut gradient; a non-finite loss means
+    divergence. One compiled `lax.scan`.
     `hand_written=True` trains on the layers' `backward` (as `fn.train.make_step`).
     """
     init_key, train_key, pick_key = jax.random.split(key, 3)

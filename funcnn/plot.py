@@ -78,7 +78,9 @@ def accuracy_curve(history: dict, *, title: str = "Training and validation accur
     gap between them is the overfitting the notes tell you to watch."""
     fig, axes = _figure()
     ax = axes[0, 0]
-    names = (("accuracy", "training accuracy"), ("val_accuracy", "validation accuracy"),
+    mean = " (member mean)" if "ensemble_val_accuracy" in history else ""
+    names = (("accuracy", f"training accuracy{mean}"),
+             ("val_accuracy", f"validation accuracy{mean}"),
              ("ensemble_val_accuracy", "ensemble validation accuracy"))
     drawn = 0
     for name, label in names:
@@ -97,6 +99,8 @@ def accuracy_curve(history: dict, *, title: str = "Training and validation accur
 
 def update_ratios(history_or_ratios, *, target: float = 1e-3, path=None):
     """‖Δθ‖/‖θ‖ per parameter leaf (log scale) against the notes' target of about 1e-3.
+
+    Zero-initialised biases show huge ratios in the first epoch (‖θ‖ ≈ 0); watch the weights.
 
     Takes a `fit` history (a line per leaf over epochs) or one dict of leaf → ratio (bars).
     """

@@ -53,8 +53,10 @@ def test_initial_loss_of_a_small_init_model_within_5_percent(digits):
         assert check.expected == pytest.approx(expected)
         assert abs(check.measured - expected) <= 0.05 * expected
     # Large initial scores (the notes' warning sign) fail the check and say why.
-    big = nn.serial(nn.Flatten(), nn.Dense(10, w_init=fn.init.normal(3.0)))
-    check = fn.diagnostics.initial_loss_check(big, LOSS, x, y, key=jax.random.key(0))
+    big = nn.serial(nn.Flatten(), nn.Dense(10))
+    w = 3.0 * np.random.default_rng(0).standard_normal((64, 10)).astype(np.float32)
+    check = fn.diagnostics.initial_loss_check(big, LOSS, x, y, params=({}, {"w": w, "b": np.zeros(
+        10, np.float32)}), state=({}, {}))
     assert not check.passed and check.measured > 1.05 * math.log(10)
     assert "initialise the last layer smaller" in str(check)
 
@@ -75,10 +77,12 @@ def _numpy_forward(params, x):
 def test_layer_stats_match_numpy(x64):
     rng = np.random.default_rng(0)
     layers = [nn.Dense(6), nn.Relu(), nn.Dense(4), nn.Sigmoid()]
-    params, state = jax.jit(nn.serial(*layers).init, static_argnums=1)(jax.random.key(1), (5,))
-    # Two dead ReLU units (bias −100) and a saturating second layer (large weights).
-    params = (dict(params[0], b=params[0]["b"].at[:2].set(-100.0)), {},
-              dict(params[2], w=params[2]["w"] * 8.0), {})
+    # N(0, 1/fan_in) weights; two dead ReLU units (bias −100); a saturating second layer (×8).
+    b1 = np.zeros(6)
+    b1[:2] = -100.0
+    params = ({"w": rng.standard_normal((5, 6)) / np.sqrt(5), "b": b1}, {},
+              {"w": 8.0 * rng.standard_normal((6, 4)) / np.sqrt(6), "b": np.zeros(4)}, {})
+    state = ({}, {}, {}, {})
     x = rng.standard_normal((64, 5))
     target = rng.uniform(size=(64, 4))
     loss = fn.losses.mean_squared_error
@@ -151,6 +155,9 @@ def test_overfit_check_passes_on_a_correct_model_and_fails_on_broken_ones(digits
         model, LOSS, optimizer, x, y, key=jax.random.key(0), steps=150, **kw)
 
     good = run(SMALL_INIT, opt, hand_written=True)
+    # The broken model starts from the same parameters (its init would compile again).
+    good_params, good_state = jax.jit(SMALL_INIT.init, static_argnums=1)(jax.random.key(5),
+                                                                         (8, 8, 1))
     assert good.passed, str(good)
     assert good.final_loss < 0.02 * good.initial_loss and good.accuracy == 1.0
     assert good.losses.shape == (150,) and good.losses[-1] < good.losses[0]
@@ -158,6 +165,7 @@ def test_overfit_check_passes_on_a_correct_model_and_fails_on_broken_ones(digits
     frozen = run(SMALL_INIT, fn.optim.adam(0.0))
     assert not frozen.passed and "never moved" in frozen.message
 
-    cut = run(nn.serial(*LAYERS[:-1], _zero_backward(LAYERS[-1])), opt, hand_written=True)
+    cut = run(nn.serial(*LAYERS[:-1], _zero_backward(LAYERS[-1])), opt, hand_written=True,
+              params=good_params, state=good_state)
     assert not cut.passed and "cuts the gradient" in str(cut)
 

@@ -70,8 +70,12 @@ def test_curves(tmp_path):
 
 def test_histograms_and_filters(tmp_path):
     layers = [nn.Flatten(), nn.Dense(12), nn.Tanh(), nn.Dense(3)]
-    params, state = jax.jit(nn.serial(*layers).init, static_argnums=1)(jax.random.key(0), (4, 4, 1))
-    x = jax.random.normal(jax.random.key(1), (16, 4, 4, 1))
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((16, 12), np.float32) / 4
+    params = ({}, {"w": w1, "b": np.zeros(12, np.float32)},
+              {}, {"w": rng.standard_normal((12, 3), np.float32), "b": np.zeros(3, np.float32)})
+    state = ({}, {}, {}, {})
+    x = rng.standard_normal((16, 4, 4, 1)).astype(np.float32)
     stats = jax.jit(lambda p, s, x, y: fn.diagnostics.layer_stats(
         layers, fn.losses.softmax_cross_entropy, p, s, x, y))(params, state, x,
                                                               jnp.zeros(16, jnp.int32))
