@@ -266,7 +266,8 @@ def training_objective(model, loss, make_optimizer: Callable, train: Sequence,
     random numbers: differences come from the hyper-parameters alone), trains `epochs`
     epochs with `make_optimizer(**hypers)` — built inside `jax.vmap` from traced values — and
     is scored on `validation` ("val_loss", or "val_error" = 1 − accuracy). A trial that meets a
-    non-finite step stops there and scores +inf.
+    non-finite step stops there and scores +inf. Hyper-parameters must be numbers (they are
+    traced); a choice among optimizers or architectures needs a loop (`vectorized=False`).
     """
     x, y = (jnp.asarray(a) for a in train)
     validation = tuple(jnp.asarray(a) for a in validation)
