@@ -356,7 +356,8 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
                          f"validation=(x, y)")
     init_key, train_key = jax.random.split(key)
     if params is None:
-        params, fresh_state = model.init(init_key, tuple(np.shape(x)[1:]))
+        params, fresh_state = jax.jit(model.init, static_argnums=1)(init_key,
+                                                                     tuple(np.shape(x)[1:]))
         state = fresh_state if state is None else state
     opt_state = optimizer.init(params) if opt_state is None else opt_state
 

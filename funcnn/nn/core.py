@@ -44,6 +44,7 @@ class Layer:
     output_shape: Callable[[Shape], Any] = _same_shape
     branches: Callable[..., Any] = _no_branches
     apply_fn: Callable[..., tuple[Any, Any]] | None = None
+    children: tuple = ()   # a serial's layers, in order (for per-layer diagnostics)
 
     def apply(self, params, state, x, *, key=None, train=False):
         """y, state = layer.apply(params, state, x): the forward pass without residuals."""
@@ -161,7 +162,8 @@ def serial(*layers: Layer) -> Layer:
         return tuple(found)
 
     names = ", ".join(repr(layer) for layer in layers)
-    return Layer(f"serial({names})", init, forward, backward, output_shape, branches, apply)
+    return Layer(f"serial({names})", init, forward, backward, output_shape, branches, apply,
+                 children=tuple(layers))
 
 
 def residual(*layers: Layer) -> Layer:
