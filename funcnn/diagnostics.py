@@ -7,8 +7,8 @@ The notes' checklist, as pure functions:
     stats = fn.diagnostics.layer_stats(layers, loss, params, state, x, y)   # jittable
     fn.diagnostics.update_ratios(params, updates)                   # ‖Δθ‖/‖θ‖ ≈ 1e-3 per leaf
 
-Per-layer statistics need the layers one by one: pass the list given to `fn.nn.serial` (its
-params tuple is the serial model's params), or a serial model exposing `.children`.
+Per-layer statistics walk the layers one by one: pass a `fn.nn.serial` model (its `.children`)
+or the list of layers given to it (the serial model's params tuple matches either).
 """
 from __future__ import annotations
 
@@ -65,15 +65,7 @@ class LayerStats:
 def _children(model) -> tuple[tuple[Layer, ...], bool]:
     """(layers, single): the children of `model`, and whether it is one non-serial layer."""
     if isinstance(model, Layer):
-        if not model.name.startswith("serial("):
-            return (model,), True
-        children = tuple(getattr(model, "children", ()) or ())
-        if not children:
-            raise TypeError("diagnostics: this serial model does not expose its layers; pass the "
-                            "list of layers given to fn.nn.serial instead (its params tuple is "
-                            "the serial model's params), e.g. layer_stats([Flatten(), Dense(64), "
-                            "Relu(), Dense(10)], loss, params, state, x, y)")
-        return children, False
+        return (model.children, False) if model.children else ((model,), True)
     layers = tuple(model)
     if not layers or not all(isinstance(layer, Layer) for layer in layers):
         raise TypeError(f"diagnostics: expected a Layer or a sequence of Layers, received "

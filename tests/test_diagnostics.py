@@ -121,9 +121,11 @@ def test_layer_stats_match_numpy(x64):
     assert "Relu" in fn.diagnostics.format_stats(stats)
 
 
-def test_layer_stats_needs_the_layers_of_a_serial():
-    with pytest.raises(TypeError, match="list of layers"):
-        fn.diagnostics.layer_stats(SMALL_INIT, LOSS, ({},) * 4, ({},) * 4, jnp.zeros((2, 64)))
+def test_layer_stats_of_a_serial_model_equal_those_of_its_layers():
+    params, state = SMALL_INIT.init(jax.random.key(0), (8, 8, 1))
+    x, y = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1)), jnp.array([0, 1, 2, 3])
+    chex.assert_trees_all_close(fn.diagnostics.layer_stats(SMALL_INIT, LOSS, params, state, x, y),
+                                fn.diagnostics.layer_stats(LAYERS, LOSS, params, state, x, y))
     # A single layer works alone, without a loss (forward statistics only).
     (stats,) = jax.jit(lambda x: fn.diagnostics.layer_stats(nn.Tanh(), None, {}, {}, x))(
         jnp.full((3, 2), 10.0))
