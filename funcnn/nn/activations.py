@@ -200,33 +200,27 @@ def PRelu(init_slope: float = 0.25) -> Layer:
     return Layer("PRelu", init, forward, backward, branches=branches)
 
 
-def Softmax() -> Layer:
-    """softmax over the last axis; backward y ⊙ (dy − ⟨dy, y⟩)."""
+def _from_output(name, f, vjp):
+    """A parameter-free layer y = f(z) whose backward needs only its output: dz = vjp(y, dy)."""
 
     def forward(params, state, z, *, key=None, train=False):
         del params, key, train
-        check_floating("Softmax", z)
-        y = softmax(z)
+        check_floating(name, z)
+        y = f(z)
         return y, state, y
 
     def backward(params, y, dy):
         del params
-        return {}, softmax_vjp(y, dy)
+        return {}, vjp(y, dy)
 
-    return Layer("Softmax", _no_params, forward, backward)
+    return Layer(name, _no_params, forward, backward)
+
+
+def Softmax() -> Layer:
+    """softmax over the last axis; backward y ⊙ (dy − ⟨dy, y⟩)."""
+    return _from_output("Softmax", softmax, softmax_vjp)
 
 
 def LogSoftmax() -> Layer:
     """log-softmax over the last axis; backward dy − softmax(z)·Σdy."""
-
-    def forward(params, state, z, *, key=None, train=False):
-        del params, key, train
-        check_floating("LogSoftmax", z)
-        y = log_softmax(z)
-        return y, state, y
-
-    def backward(params, y, dy):
-        del params
-        return {}, log_softmax_vjp(y, dy)
-
-    return Layer("LogSoftmax", _no_params, forward, backward)
+    return _from_output("LogSoftmax", log_softmax, log_softmax_vjp)
