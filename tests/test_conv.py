@@ -228,3 +228,24 @@ def test_gradient_check_of_a_small_cnn_passes_with_kinks_reported():
     for leaf in report.leaves:
         assert leaf.hand_vs_autodiff <= 1e-9, str(report)
     assert len(report.kinks) <= 3, str(report)   # kinks are rare and only excused, never hidden
+
+
+@pytest.mark.parametrize("strides,padding", [(1, "VALID"), (2, "SAME")])
+def test_every_backward_convolution_uses_the_canonical_layout(strides, padding):
+    """NHWC/HWIO/NHWC only: other dimension numbers leave XLA:CPU's fast path inside lax.scan
+    (a whole training epoch ran 20-50x slower), so a regression here is a performance bug."""
+    layer = nn.Conv2D(4, 3, strides, padding)
+    params = {"w": jnp.zeros((3, 3, 2, 4)), "b": jnp.zeros(4)}
+    x = jnp.zeros((2, 7, 7, 2))
+
+    def step(params, x):
+        y, _, res = layer.forward(params, {}, x)
+        return layer.backward(params, res, y)
+
+    convs = [e for e in jax.make_jaxpr(step)(params, x).eqns
+             if e.primitive.name == "conv_general_dilated"]
+    assert len(convs) == 3   # forward, ∂L/∂x, ∂L/∂W
+    for eqn in convs:
+        numbers = eqn.params["dimension_numbers"]
+        assert (numbers.lhs_spec, numbers.rhs_spec, numbers.out_spec) == \
+            ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2)), numbers
