@@ -53,7 +53,7 @@ class ConvGradientTest(chex.TestCase):
             assert_layer_gradients(layer, in_shape, self.variant, x=x)
 
 
-@pytest.mark.parametrize("name,layer,in_shape", TABLE[::2])
+@pytest.mark.parametrize("name,layer,in_shape", TABLE[::2] + [TABLE[7]])   # every kind
 def test_jit_vmap_value_and_grad_and_custom_vjp(name, layer, in_shape):
     assert_layer_transforms(layer, in_shape)
 
