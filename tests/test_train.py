@@ -101,7 +101,8 @@ def test_non_finite_step_stops_with_last_good_params(spiral):
         index = order[30 * i: 30 * (i + 1)]
         params, state, opt_state, _ = step(params, state, opt_state, x[index], y[index],
                                            jax.random.fold_in(jax.random.fold_in(epoch_key, i), 0))
-    chex.assert_trees_all_close(result.params, params, rtol=1e-6)
+    # lr = 1e20 amplifies rounding (scan vs per-step fusion); another step count is off by orders of magnitude.
+    chex.assert_trees_all_close(result.params, params, rtol=1e-3)
 
 
 def test_streaming_path_matches_scan(spiral):
