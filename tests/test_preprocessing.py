@@ -1,11 +1,9 @@
 """Preprocessing fitted on the training split: the statistics it promises, against numpy."""
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import funcnn as fn
 from funcnn import data
 
 
