@@ -1,5 +1,5 @@
 """The strongest MNIST model funcnn trains here: the CNN of mnist_cnn.py, longer, on an expanded
-training set (random shifts and rotations drawn afresh every epoch), batch norm, dropout,
+training set (random shifts, and for digits rotations, drawn afresh every epoch), batch norm, dropout,
 Adam with warm-up and cosine decay, evaluated with Polyak-averaged (EMA) parameters.
 
     FUNCNN_DATA_DIR=../shared/data/mnist python examples/mnist_best.py            # ≥ 99.5 %
@@ -38,12 +38,16 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the parameters")
     parser.add_argument("--max-shift", type=int, default=2)
-    parser.add_argument("--max-degrees", type=float, default=10.0)
+    parser.add_argument("--max-degrees", type=float, default=None,
+                        help="random rotations up to this angle (default: 10 for MNIST, 0 for "
+                             "Fashion-MNIST, whose garments are always upright)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-size", type=int, default=None,
                         help="use only the first N training images (quick runs)")
     args = parser.parse_args(argv)
 
+    if args.max_degrees is None:
+        args.max_degrees = 10.0 if args.dataset == "mnist" else 0.0
     load = fn.data.mnist if args.dataset == "mnist" else fn.data.fashion_mnist
     name = "MNIST" if args.dataset == "mnist" else "Fashion-MNIST"
     (train_x, train_y), (test_x, test_y) = load("train"), load("test")
