@@ -85,4 +85,4 @@ def custom_vjp(model: Layer) -> Layer:
         run.defvjp(run_forward, run_backward)
         return run(params, state, x)
 
-    return dataclasses.replace(model, name=f"custom_vjp({model.name})", apply_fn=apply)
+    return dataclasses.replace(model, name=f"custom_vjp({model!r})", apply_fn=apply)

@@ -54,7 +54,7 @@ class Layer:
         return y, state
 
     def __repr__(self):
-        return f"{self.name}()"
+        return self.name if "(" in self.name else f"{self.name}()"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def residual(*layers: Layer) -> Layer:
         dparams, dx = body.backward(params, res, dy)
         return dparams, dx + dy
 
-    return Layer(f"residual({body.name})", init, forward, backward, output_shape,
+    return Layer(f"residual({body!r})", init, forward, backward, output_shape,
                  body.branches, apply)
 
 
