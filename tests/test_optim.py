@@ -95,6 +95,21 @@ def test_state_is_a_pytree_that_jits_once_flattens_checkpoints_and_vmaps(name, t
                                     (one_params, one_state), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_fresh_state_can_be_donated_with_the_params(name):
+    """No two leaves of params and a fresh state share a buffer (donating both would fail)."""
+    opt = OPTIMIZERS[name]
+    params = _params()
+    state = opt.init(params)
+    step = jax.jit(_step(opt), donate_argnums=(0, 1))
+    params, state = step(params, state)
+    chex.assert_tree_all_finite(params)  # (a plateau's "best so far" starts at +inf)
+    fresh = _params()
+    pointers = [leaf.unsafe_buffer_pointer() for leaf in jax.tree.leaves((fresh, opt.init(fresh)))
+                if isinstance(leaf, jax.Array) and leaf.size]
+    assert len(set(pointers)) == len(pointers), "aliased buffers in params + optimizer state"
+
+
 @pytest.mark.parametrize("name", list(ALIASES))
 def test_transforms_accept_and_ignore_unknown_extra_arguments(name):
     opt = ALIASES[name]

@@ -150,9 +150,9 @@ def reduce_on_plateau(factor: float = 0.5, patience: int = 10, threshold: float 
     def init(params):
         del params
         real = jnp.result_type(float)
-        zero = jnp.zeros([], jnp.int32)
-        return PlateauState(jnp.ones([], real), jnp.full([], jnp.inf, real), zero, zero,
-                            jnp.zeros([], real), zero)
+        zero = lambda: jnp.zeros([], jnp.int32)  # a new buffer each: donatable
+        return PlateauState(jnp.ones([], real), jnp.full([], jnp.inf, real), zero(), zero(),
+                            jnp.zeros([], real), zero())
 
     def judge(state, v):
         """One ReduceLROnPlateau.step(v): the new (scale, best, bad_steps, cooldown)."""

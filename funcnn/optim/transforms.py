@@ -150,8 +150,9 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
         return m_hat / (jnp.sqrt(v_hat) + eps), m, v
 
     def init(params):
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        return AdamState(_zero_count(), zeros, zeros)
+        # Two separate trees: aliased buffers could not both be donated to a jitted update.
+        return AdamState(_zero_count(), jax.tree.map(jnp.zeros_like, params),
+                         jax.tree.map(jnp.zeros_like, params))
 
     def update(updates, state, params=None, **extra):
         t = state.count + 1
@@ -257,7 +258,7 @@ def ema(decay: ScalarOrSchedule) -> GradientTransformation:
     Place it last in the chain: it averages the parameters the updates lead to.
     """
     def init(params):
-        return EmaState(_zero_count(), jax.tree.map(jnp.asarray, params))
+        return EmaState(_zero_count(), jax.tree.map(jnp.copy, params))  # a copy: donatable
 
     def update(updates, state, params=None, **extra):
         require_params(params, "ema")
