@@ -89,6 +89,7 @@ def funcnn_optimizer(spec):
 def funcnn_fit(spec, x, y, hand_written=False):
     """fn.train.fit, one epoch per call, continuing from the previous call's state."""
     model, loss, opt = funcnn_model(spec), fn.losses.softmax_cross_entropy, funcnn_optimizer(spec)
+    x, y = jnp.asarray(x), jnp.asarray(y)   # on the device once, as fit(epochs=k) would
     steps_per_call = len(x) // BATCH
     state = {"result": None}
 

@@ -314,6 +314,11 @@ def _resume(path, params, state, opt_state, key):
                      as_jax(stored["opt_state"]), json.loads(stored["history"]), stored["epoch"])
 
 
+def _nbytes(array) -> int:
+    """Size in bytes, without copying a device array back to the host."""
+    return array.nbytes if hasattr(array, "nbytes") else np.asarray(array).nbytes
+
+
 def _epoch_logs(metrics) -> dict:
     good = jax.tree.map(lambda m: np.asarray(m)[np.isfinite(np.asarray(m))], metrics)
     mean = lambda values: float(values.mean()) if values.size else float("nan")
@@ -370,7 +375,7 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     if mesh is not None:
         parallel.check_batch_size(batch_size, mesh)
         place = lambda tree: parallel.replicate(tree, mesh)
-    streaming = np.asarray(x).nbytes + np.asarray(y).nbytes > max_device_bytes
+    streaming = _nbytes(x) + _nbytes(y) > max_device_bytes
     images, labels = (np.asarray(x), np.asarray(y)) if streaming else \
         place((jnp.asarray(x), jnp.asarray(y)))
     configuration = (model, loss, optimizer, regularizer, hand_written, batch_size, augment, mesh,
