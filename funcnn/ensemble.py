@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnn import checkpoint
+from funcnn.losses import log_likelihood
 from funcnn import optim
 from funcnn import train as _train
 
@@ -188,8 +189,7 @@ def _scorer(loss, from_logits: bool):
             probs = average_predictions(outputs, from_logits=from_logits)
             result["ensemble_accuracy"] = _train.accuracy(probs, y)
             if y.ndim == 1:
-                picked = jnp.take_along_axis(probs, y[:, None], axis=1)
-                result["ensemble_loss"] = -jnp.mean(jnp.log(jnp.maximum(picked, 1e-30)))
+                result["ensemble_loss"] = log_likelihood(probs, y)
         return result
 
     return score

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnn import backprop, checkpoint, parallel
-from funcnn.optim import apply_updates
+from funcnn.optim.base import all_finite, apply_updates
 from funcnn.paths import leaf_paths
 
 
@@ -89,12 +89,6 @@ def update_ratios(params, updates) -> dict:
                                   jax.tree.leaves(updates))}
 
 
-def _all_finite(*trees):
-    leaves = [jnp.all(jnp.isfinite(leaf)) for tree in trees for leaf in jax.tree.leaves(tree)
-              if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
 # ---------------------------------------------------------------------------------------------
 # The step.
 
@@ -132,7 +126,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False):
         updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
         new_params = apply_updates(params, updates)
         metrics = {"loss": value, "update_ratio": update_ratios(params, updates),
-                   "finite": _all_finite(value, grads, new_params)}
+                   "finite": all_finite(value, grads, new_params)}
         if regularizer is not None:
             metrics["penalty"] = regularizer(params)
         acc = accuracy(outputs, y)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 
 class GradientTransformation(NamedTuple):
@@ -90,6 +91,13 @@ def resolve_mask(mask, params):
     except ValueError as err:
         raise ValueError(f"mask structure {jax.tree.structure(tree)} does not match the "
                          f"parameters' structure {jax.tree.structure(params)}") from err
+
+
+def all_finite(*trees):
+    """True (a traced bool) when every floating-point leaf of every tree is finite."""
+    checks = [jnp.all(jnp.isfinite(leaf)) for tree in trees for leaf in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
 
 
 def require_params(params, name: str):

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from funcnn.optim.base import (
-    EmptyState, GradientTransformation, lift, require_params, resolve_mask, weights_only)
+    EmptyState, GradientTransformation, all_finite, lift, require_params, resolve_mask,
+    weights_only)
 from funcnn.optim.schedules import Schedule
 
 ScalarOrSchedule = Union[float, Schedule]
@@ -333,10 +334,6 @@ class SkipState(NamedTuple):
     inner: Any           # the wrapped transform's state
 
 
-def _all_finite(tree):
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def skip_not_finite(transform: GradientTransformation) -> GradientTransformation:
     """Apply `transform`, unless the gradients or its updates hold a NaN or ±inf.
 
@@ -347,7 +344,7 @@ def skip_not_finite(transform: GradientTransformation) -> GradientTransformation
 
     def update(updates, state, params=None, **extra):
         new_updates, inner = transform.update(updates, state.inner, params, **extra)
-        ok = _all_finite(updates) & _all_finite(new_updates)
+        ok = all_finite(updates, new_updates)
         new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
         inner = jax.tree.map(lambda new, old: jnp.where(ok, new, old), inner, state.inner)
         return new_updates, SkipState(state.skipped + jnp.where(ok, 0, 1), inner)
