@@ -94,7 +94,7 @@ def fit(model, loss, optimizer, train: Sequence, *, members: int, epochs: int, b
     step = _train.make_step(model, loss, optimizer, regularizer=regularizer,
                             hand_written=hand_written)
     run_epoch = jax.jit(jax.vmap(_train.make_epoch(step, batch_size, augment),
-                                 in_axes=(0, None, None, 0)), donate_argnums=0)
+                                 in_axes=(0, None, None, 0, 0)), donate_argnums=0)
     fold_in = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
     history: dict = {"loss": [], "member_loss": [], "update_ratio": [], "epoch_time": []}
     result = EnsembleResult(params, state, opt_state, history, members)
@@ -104,7 +104,8 @@ def fit(model, loss, optimizer, train: Sequence, *, members: int, epochs: int, b
                                                            result.opt_state)),
                                   jnp.full((members,), -1))   # copies: the epoch donates them
         epoch_keys = fold_in(train_keys, epoch)
-        carry, metrics = run_epoch(carry, images, labels, epoch_keys)
+        orders = np.stack([_train.epoch_order(k, len(images), batch_size) for k in epoch_keys])
+        carry, metrics = run_epoch(carry, images, labels, epoch_keys, jnp.asarray(orders))
         bad = np.asarray(carry.bad_step)
         _log_epoch(history, metrics)
         result = EnsembleResult(carry.params, carry.state, carry.opt_state, history, members)

@@ -273,6 +273,9 @@ def training_objective(model, loss, make_optimizer: Callable, train: Sequence,
     validation = tuple(jnp.asarray(a) for a in validation)
     init_key, train_key = jax.random.split(key)
     params, state = jax.jit(model.init, static_argnums=1)(init_key, tuple(x.shape[1:]))
+    orders = jnp.asarray(np.stack([_train.epoch_order(jax.random.fold_in(train_key, epoch),
+                                                      len(x), batch_size)
+                                   for epoch in range(1, epochs + 1)]))   # fit's batches
 
     def one_trial(hypers):
         optimizer = make_optimizer(**hypers)
@@ -280,12 +283,13 @@ def training_objective(model, loss, make_optimizer: Callable, train: Sequence,
                                 hand_written=hand_written)
         run_epoch = _train.make_epoch(step, batch_size)
 
-        def body(carry, epoch):
-            carry, _ = run_epoch(carry, x, y, jax.random.fold_in(train_key, epoch))
+        def body(carry, epoch_and_order):
+            epoch, order = epoch_and_order
+            carry, _ = run_epoch(carry, x, y, jax.random.fold_in(train_key, epoch), order)
             return carry, None
 
         carry = _train.EpochCarry(params, state, optimizer.init(params), jnp.array(-1))
-        carry, _ = jax.lax.scan(body, carry, jnp.arange(1, epochs + 1))
+        carry, _ = jax.lax.scan(body, carry, (jnp.arange(1, epochs + 1), orders))
         score = _score(model, loss, carry.params, carry.state, validation, metric)
         return jnp.where(carry.bad_step >= 0, jnp.inf, score)
 

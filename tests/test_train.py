@@ -95,14 +95,61 @@ def test_non_finite_step_stops_with_last_good_params(spiral):
     opt_state = opt.init(params)
     step = jax.jit(fn.train.make_step(model, LOSS, opt))
     epoch_key = jax.random.fold_in(train_key, 1)
-    order = jax.random.permutation(jax.random.fold_in(epoch_key, 0), 300)
+    order = fn.train.epoch_order(epoch_key, 300, 30)
     x, y = jnp.asarray(train[0]), jnp.asarray(train[1])
     for i in range(bad - 1):
-        index = order[30 * i: 30 * (i + 1)]
+        index = order[i]
         params, state, opt_state, _ = step(params, state, opt_state, x[index], y[index],
                                            jax.random.fold_in(jax.random.fold_in(epoch_key, i), 0))
     # lr = 1e20 amplifies rounding (scan vs per-step fusion); another step count is off by orders of magnitude.
     chex.assert_trees_all_close(result.params, params, rtol=1e-3)
+
+
+def test_epoch_order_is_a_seeded_uniform_shuffle():
+    key = jax.random.key(3)
+    order = fn.train.epoch_order(key, 103, 10)
+    assert order.shape == (10, 10) and order.dtype == np.int32
+    assert len(set(order.ravel().tolist())) == 100 and order.max() < 103
+    np.testing.assert_array_equal(order, fn.train.epoch_order(key, 103, 10))
+    assert not np.array_equal(order, fn.train.epoch_order(jax.random.key(4), 103, 10))
+    # Where example 0 lands among 4 slots, over 4000 epochs: uniform (chi-square, 3 dof, p≈1e-4).
+    slots = [int(np.argwhere(fn.train.epoch_order(jax.random.fold_in(key, e), 4, 1) == 0)[0, 0])
+             for e in range(4000)]
+    counts = np.bincount(slots, minlength=4)
+    assert ((counts - 1000) ** 2 / 1000).sum() < 21.1, counts
+
+
+def test_unguarded_epoch_samples_ratios_and_flags_divergence(spiral):
+    (x, y), _ = spiral
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    model = _model()
+    params, state = model.init(jax.random.key(0), (2,))
+    order = jnp.asarray(fn.train.epoch_order(jax.random.key(1), 300, 20))
+
+    def run(learning_rate, guard):
+        opt = fn.optim.sgd(learning_rate)
+        epoch = jax.jit(fn.train.make_epoch(fn.train.make_step(model, LOSS, opt), 20, guard=guard))
+        carry = fn.train.EpochCarry(params, state, opt.init(params), jnp.array(-1))
+        return epoch(carry, x, y, jax.random.key(1), order)
+
+    carry, metrics = run(0.1, guard=False)
+    assert int(carry.bad_step) == -1
+    ratios = np.asarray(metrics["update_ratio"]["0/w"])
+    sampled = np.arange(15) % fn.train.RATIO_EVERY == 0
+    assert np.isfinite(ratios[sampled]).all() and np.isnan(ratios[~sampled]).all()
+    # Step 0's ratio is ‖Δw‖/‖w‖ of that step, computed here by hand.
+    w = params[0]["w"]
+    grads = jax.grad(lambda p: LOSS(model.apply(p, state, x[order[0]])[0], y[order[0]]))(params)
+    assert ratios[0] == pytest.approx(float(jnp.linalg.norm(0.1 * grads[0]["w"])
+                                            / jnp.linalg.norm(w)), rel=1e-4)
+    # lr = 1e20 diverges: the unguarded epoch flags it, the guarded one names the step and
+    # keeps the last finite values.
+    flagged, _ = run(1e20, guard=False)
+    guarded, guarded_metrics = run(1e20, guard=True)
+    bad = int(guarded.bad_step)
+    assert int(flagged.bad_step) >= 0 and bad >= 0
+    chex.assert_tree_all_finite(guarded.params)
+    assert np.isnan(np.asarray(guarded_metrics["loss"])[bad:]).all()
 
 
 def test_streaming_path_matches_scan(spiral):
