@@ -1,7 +1,8 @@
 """Timing helpers shared by the benchmark scripts: warm-up, repeats, medians, a table and JSON.
 
 A contender is a factory returning `(first_step, run_steps)`:
-    first_step() -> seconds     the first call (compilation included), once;
+    first_step() -> seconds     time to the first finished training step (compilation
+                                included), once;
     run_steps(n) -> int | None  about n more training steps, blocking until they are done;
                                 returns how many it ran when that is not exactly n (whole epochs).
 Contenders are measured in rounds, alternating, so a noisy machine hits them all alike.
@@ -81,13 +82,14 @@ def report(title: str, results: dict, *, reference: str | None = None, extra: di
     print(f"\n{title}")
     header = f"{'contender':<34}{'samples/s':>12}{'first step s':>14}{'epoch s':>10}{'peak MiB':>10}"
     if reference:
-        header += f"{'vs ' + reference:>22}"
+        header += f"{'ratio':>8}"
+        print(f"(ratio: samples/s ÷ {reference}'s)")
     print(header)
     for name, r in sorted(results.items(), key=lambda kv: -kv[1]["samples_per_s"]):
         line = (f"{name:<34}{r['samples_per_s']:>12,.0f}{r['first_step_s']:>14.2f}"
                 f"{r.get('epoch_s', float('nan')):>10.2f}{r['peak_rss_mib']:>10.0f}")
         if reference:
-            line += f"{r['samples_per_s'] / results[reference]['samples_per_s']:>21.2f}x"
+            line += f"{r['samples_per_s'] / results[reference]['samples_per_s']:>7.2f}x"
         print(line)
     print("JSON " + json.dumps({"title": title, "results": results, **(extra or {})}))
     sys.stdout.flush()
@@ -99,3 +101,59 @@ def block(tree):
         if isinstance(leaf, jnp.ndarray):
             leaf.block_until_ready()
     return tree
+
+
+def looped(step, carry, batches):
+    """(first_step, run_steps) for a per-step loop over pre-made device batches."""
+    state = {"carry": carry, "i": 0}
+
+    def run_steps(n):
+        carry = state["carry"]
+        for _ in range(n):
+            x, y = batches[state["i"] % len(batches)]
+            carry = step(*carry, x, y)
+            state["i"] += 1
+        state["carry"] = block(carry)
+
+    def first_step():
+        start = time.perf_counter()
+        run_steps(1)
+        return time.perf_counter() - start
+
+    return first_step, run_steps
+
+
+def fit_epochs(model, loss, optimizer, x, y, *, batch: int, hand_written: bool = False):
+    """(first_step, run_steps) for `fn.train.fit`, one epoch per call, each continuing from the
+    previous call's state. Its first step runs inside the first compiled epoch, so first_step
+    reports that epoch's time less a steady epoch's, plus one steady step."""
+    import funcnn as fn
+    x, y = jnp.asarray(x), jnp.asarray(y)   # on the device once, as fit(epochs=k) would
+    steps_per_call = len(x) // batch
+    params, model_state = model.init(jax.random.key(0), x.shape[1:])   # as the peers: untimed
+    state = {"result": (params, model_state, optimizer.init(params))}
+
+    def run_epochs(epochs):
+        params, model_state, opt_state = state["result"]
+        for _ in range(epochs):
+            params, model_state, opt_state, *_ = fn.train.fit(
+                model, loss, optimizer, (x, y), epochs=1, batch_size=batch,
+                key=jax.random.key(0), progress=False, hand_written=hand_written, params=params,
+                state=model_state, opt_state=opt_state)
+        state["result"] = block((params, model_state, opt_state))
+
+    def timed_epoch():
+        start = time.perf_counter()
+        run_epochs(1)
+        return time.perf_counter() - start
+
+    def run_steps(n):
+        epochs = max(1, round(n / steps_per_call))
+        run_epochs(epochs)
+        return epochs * steps_per_call
+
+    def first_step():
+        first, steady = timed_epoch(), timed_epoch()
+        return first - steady + steady / steps_per_call
+
+    return first_step, run_steps

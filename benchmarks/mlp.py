@@ -14,7 +14,6 @@ import argparse
 import importlib.util
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +23,7 @@ import numpy as np  # noqa: E402
 
 import funcnn as fn  # noqa: E402
 from funcnn import nn  # noqa: E402
-from harness import block, matmul_ceiling, measure, report  # noqa: E402
+from harness import fit_epochs, looped, matmul_ceiling, measure, report  # noqa: E402
 
 BATCH, EPOCH = 128, 60_000
 WORKLOADS = {
@@ -50,26 +49,6 @@ def device_batches(x, y, count=64):
             for i in range(count)]
 
 
-def looped(step, carry, batches):
-    """(first_step, run_steps) for a per-step loop over pre-made device batches."""
-    state = {"carry": carry, "i": 0}
-
-    def run_steps(n):
-        carry = state["carry"]
-        for _ in range(n):
-            x, y = batches[state["i"] % len(batches)]
-            carry = step(*carry, x, y)
-            state["i"] += 1
-        state["carry"] = block(carry)
-
-    def first_step():
-        start = time.perf_counter()
-        run_steps(1)
-        return time.perf_counter() - start
-
-    return first_step, run_steps
-
-
 # ---------------------------------------------------------------------------------------------
 # funcnn.
 
@@ -87,33 +66,8 @@ def funcnn_optimizer(spec):
 
 
 def funcnn_fit(spec, x, y, hand_written=False):
-    """fn.train.fit, one epoch per call, continuing from the previous call's state."""
-    model, loss, opt = funcnn_model(spec), fn.losses.softmax_cross_entropy, funcnn_optimizer(spec)
-    x, y = jnp.asarray(x), jnp.asarray(y)   # on the device once, as fit(epochs=k) would
-    steps_per_call = len(x) // BATCH
-    state = {"result": None}
-
-    def run_epochs(epochs):
-        r = state["result"]
-        for _ in range(epochs):
-            r = fn.train.fit(model, loss, opt, (x, y), epochs=1, batch_size=BATCH,
-                             key=jax.random.key(0), progress=False, hand_written=hand_written,
-                             params=None if r is None else r.params,
-                             state=None if r is None else r.state,
-                             opt_state=None if r is None else r.opt_state)
-        state["result"] = block(r)
-
-    def run_steps(n):
-        epochs = max(1, round(n / steps_per_call))
-        run_epochs(epochs)
-        return epochs * steps_per_call
-
-    def first_step():
-        start = time.perf_counter()
-        run_epochs(1)
-        return time.perf_counter() - start
-
-    return first_step, run_steps
+    return fit_epochs(funcnn_model(spec), fn.losses.softmax_cross_entropy, funcnn_optimizer(spec),
+                      x, y, batch=BATCH, hand_written=hand_written)
 
 
 def funcnn_step_loop(spec, batches):

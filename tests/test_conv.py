@@ -231,21 +231,74 @@ def test_gradient_check_of_a_small_cnn_passes_with_kinks_reported():
 
 
 @pytest.mark.parametrize("strides,padding", [(1, "VALID"), (2, "SAME")])
-def test_every_backward_convolution_uses_the_canonical_layout(strides, padding):
-    """NHWC/HWIO/NHWC only: other dimension numbers leave XLA:CPU's fast path inside lax.scan
-    (a whole training epoch ran 20-50x slower), so a regression here is a performance bug."""
+def test_training_gradients_on_the_cpu_are_gemms_and_the_forward_a_canonical_conv(strides,
+                                                                                   padding):
+    """On XLA:CPU the backward (hand-written or jax.grad of apply(train=True)) is matrix
+    products: the convolutions XLA derives or is given for it ran 2-60x slower in lax.scan. The
+    forward (and evaluation) is one NHWC/HWIO/NHWC conv, the layout that stays on the fast path."""
+    assert jax.default_backend() == "cpu"
     layer = nn.Conv2D(4, 3, strides, padding)
     params = {"w": jnp.zeros((3, 3, 2, 4)), "b": jnp.zeros(4)}
     x = jnp.zeros((2, 7, 7, 2))
 
-    def step(params, x):
+    def hand(params, x):
         y, _, res = layer.forward(params, {}, x)
         return layer.backward(params, res, y)
 
-    convs = [e for e in jax.make_jaxpr(step)(params, x).eqns
+    def autodiff(params, x):
+        return jax.grad(lambda p, x: jnp.sum(layer.apply(p, {}, x, train=True)[0]),
+                        argnums=(0, 1))(params, x)
+
+    def primitives(f):
+        return [e.primitive.name for e in jax.make_jaxpr(f)(params, x).eqns]
+
+    assert primitives(hand).count("conv_general_dilated") == 1   # the forward
+    assert primitives(hand).count("dot_general") == 2            # ∂L/∂W, ∂L/∂x
+    assert "conv_general_dilated" not in primitives(autodiff)
+    convs = [e for e in jax.make_jaxpr(hand)(params, x).eqns
              if e.primitive.name == "conv_general_dilated"]
-    assert len(convs) == 3   # forward, ∂L/∂x, ∂L/∂W
-    for eqn in convs:
-        numbers = eqn.params["dimension_numbers"]
-        assert (numbers.lhs_spec, numbers.rhs_spec, numbers.out_spec) == \
-            ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2)), numbers
+    numbers = convs[0].params["dimension_numbers"]
+    assert (numbers.lhs_spec, numbers.rhs_spec, numbers.out_spec) == \
+        ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2)), numbers
+
+
+def test_maxpool_training_gradient_on_the_cpu_avoids_window_scatters():
+    """reduce_window's autodiff (select-and-scatter) ran 4-20x slower inside lax.scan."""
+    layer, x = nn.MaxPool(3, strides=2), jnp.zeros((2, 7, 7, 2))
+    grad = jax.grad(lambda x: jnp.sum(layer.apply({}, {}, x, train=True)[0]))
+    names = {e.primitive.name for e in jax.make_jaxpr(grad)(x).eqns}
+    assert not any(name.startswith(("reduce_window", "select_and")) for name in names), names
+
+
+@pytest.mark.parametrize("in_hw,kernel,strides,padding,pads", CONV_CASES)
+def test_gemm_and_convolution_paths_agree(in_hw, kernel, strides, padding, pads, x64):
+    """im2col GEMM == lax.conv forward, and the GEMM backward == the transposed/kernel
+    convolutions == jax.vjp of lax.conv, on every geometry (SAME pads, strides, remainders)."""
+    from funcnn.nn import conv
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2,) + in_hw + (3,)))
+    w = jnp.asarray(rng.standard_normal(kernel + (3, 4)))
+    y = jax.lax.conv_general_dilated(x, w, strides, pads,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    chex.assert_trees_all_close(conv.conv2d_as_gemm(x, w, strides, pads), y, rtol=1e-12,
+                                atol=1e-12)
+    dy = jnp.asarray(rng.standard_normal(y.shape))
+    patches, _ = conv.im2col(x, kernel, strides, pads)
+    gemm = conv.conv2d_gemm_backward(patches, w, dy, in_hw, strides, pads)
+    convolutions = (conv.conv2d_kernel_grad(x, dy, kernel, strides, pads),
+                    conv.conv2d_input_grad(dy, w, in_hw, strides, pads))
+    _, vjp = jax.vjp(lambda w, x: jax.lax.conv_general_dilated(
+        x, w, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")), w, x)
+    chex.assert_trees_all_close(gemm, convolutions, rtol=1e-10, atol=1e-12)
+    chex.assert_trees_all_close(gemm, vjp(dy), rtol=1e-10, atol=1e-12)
+
+
+class TrainingModeTest(chex.TestCase):
+    """On the CPU, apply(train=True) is written with GEMMs (Conv2D) and window stacks (MaxPool):
+    three-way check it too."""
+
+    @parameterized.named_parameters(*TABLE[:7])
+    def test_three_way_in_training_mode(self, layer, in_shape):
+        with jax.enable_x64(True):
+            assert_layer_gradients_compiled(layer, in_shape, train=True,
+                                            x=distinct_input((3,) + in_shape, 1))
