@@ -25,7 +25,8 @@ from jax import lax  # noqa: E402
 
 import funcnn as fn  # noqa: E402
 from funcnn import nn  # noqa: E402
-from harness import fit_epochs, looped, matmul_ceiling, measure, report  # noqa: E402
+from harness import (fit_epochs, looped, matmul_ceiling, measure, nnx_loop, report,  # noqa: E402
+                     torch_loop)
 
 BATCH, STEPS_PER_EPOCH, MNIST_EPOCH = 128, 60, 60_000
 SHAPE, CLASSES, LR = (28, 28, 1), 10, 1e-3
@@ -151,23 +152,11 @@ def flax_nnx(batches):
             x = nnx.max_pool(nnx.relu(self.conv2(x)), (2, 2), (2, 2))
             return self.dense2(nnx.relu(self.dense1(x.reshape(x.shape[0], -1))))
 
-    model = CNN(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, optax.adam(LR), wrt=nnx.Param)
-
-    @nnx.jit(donate_argnums=(0, 1))
-    def step(model, optimizer, x, y):
-        def loss_fn(model):
-            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-        grads = nnx.grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return model, optimizer
-
-    return looped(step, (model, optimizer), batches)
+    return nnx_loop(CNN(nnx.Rngs(0)), optax.adam(LR), batches)
 
 
 def torch_eager(batches):
     import torch
-    torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     t = torch.nn
     model = t.Sequential(t.Conv2d(1, 32, 5), t.ReLU(), t.MaxPool2d(2),
@@ -176,15 +165,7 @@ def torch_eager(batches):
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     torch_batches = [(torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous(),
                       torch.tensor(np.asarray(y)).long()) for x, y in batches]
-    loss_fn = t.CrossEntropyLoss()
-
-    def step(x, y):
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        opt.step()
-        return ()
-
-    return looped(step, (), torch_batches)
+    return torch_loop(model, opt, torch_batches)
 
 
 JAX_PEERS = {"plain JAX + optax": (plain_jax, ("optax",)),

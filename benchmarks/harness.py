@@ -10,6 +10,7 @@ Contenders are measured in rounds, alternating, so a noisy machine hits them all
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import sys
@@ -157,3 +158,35 @@ def fit_epochs(model, loss, optimizer, x, y, *, batch: int, hand_written: bool =
         return first - steady + steady / steps_per_call
 
     return first_step, run_steps
+
+
+def nnx_loop(model, tx, batches):
+    """flax.nnx's idiomatic training step (nnx.jit, nnx.grad, nnx.Optimizer), per step."""
+    import optax
+    from flax import nnx
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit(donate_argnums=(0, 1))
+    def step(model, optimizer, x, y):
+        def loss_fn(model):
+            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+        grads = nnx.grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return model, optimizer
+
+    return looped(step, (model, optimizer), batches)
+
+
+def torch_loop(model, optimizer, batches):
+    """PyTorch's idiomatic eager step on (inputs, int64 labels) tensor batches."""
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step(x, y):
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+        return ()
+
+    return looped(step, (), batches)

@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 
 import funcnn as fn  # noqa: E402
 from funcnn import nn  # noqa: E402
-from harness import fit_epochs, looped, matmul_ceiling, measure, report  # noqa: E402
+from harness import (fit_epochs, looped, matmul_ceiling, measure, nnx_loop, report,  # noqa: E402
+                     torch_loop)
 
 BATCH, EPOCH = 128, 60_000
 WORKLOADS = {
@@ -140,7 +141,6 @@ def equinox_mlp(spec, batches):
 
 
 def flax_nnx(spec, batches):
-    import optax
     from flax import nnx
     sizes, acts = spec["sizes"], [_jax_act(a) for a in spec["activations"]]
 
@@ -154,23 +154,11 @@ def flax_nnx(spec, batches):
                 x = act(layer(x))
             return self.layers[-1](x)
 
-    model = MLP(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, optax_optimizer(spec), wrt=nnx.Param)
-
-    @nnx.jit(donate_argnums=(0, 1))
-    def step(model, optimizer, x, y):
-        def loss_fn(model):
-            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-        grads = nnx.grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return model, optimizer
-
-    return looped(step, (model, optimizer), batches)
+    return nnx_loop(MLP(nnx.Rngs(0)), optax_optimizer(spec), batches)
 
 
 def torch_eager(spec, batches):
     import torch
-    torch.set_num_threads(os.cpu_count() or 1)
     sizes = spec["sizes"]
     acts = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh}
     layers = []
@@ -181,15 +169,7 @@ def torch_eager(spec, batches):
         model.parameters(), lr=spec["lr"])
     torch_batches = [(torch.tensor(np.asarray(x)), torch.tensor(np.asarray(y)).long())
                      for x, y in batches]
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step(x, y):
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        opt.step()
-        return ()
-
-    return looped(lambda x, y: step(x, y), (), torch_batches)
+    return torch_loop(model, opt, torch_batches)
 
 
 PEERS = {"plain JAX + optax": (plain_jax, ("optax",)),

@@ -19,17 +19,25 @@ from funcnn.nn.core import Layer
 def forward_backward(model: Layer, loss, **loss_kwargs):
     """Build `f(params, state, x, y, *, key=None, train=True) -> (loss, outputs, new_state, grads)`.
 
-    One forward pass keeping residuals, the loss's hand-written `.grad` (δᴸ), then the model's
-    hand-written backward; the outputs are returned too (for metrics such as accuracy).
+    One forward pass keeping residuals, the loss's hand-written `.grad` (δᴸ) — both evaluated
+    in at least float32 — then the model's hand-written backward; the outputs are returned too
+    (for metrics such as accuracy).
     """
 
     def run(params, state, x, y, *, key=None, train=True):
         outputs, new_state, residuals = model.forward(params, state, x, key=key, train=train)
-        value = loss(outputs, y, **loss_kwargs)
-        grads, _ = model.backward(params, residuals, loss.grad(outputs, y, **loss_kwargs))
+        wide = at_least_float32(outputs)
+        value = loss(wide, y, **loss_kwargs)
+        delta = loss.grad(wide, y, **loss_kwargs).astype(outputs.dtype)
+        grads, _ = model.backward(params, residuals, delta)
         return value, outputs, new_state, grads
 
     return run
+
+
+def at_least_float32(outputs):
+    """Outputs as float32 when narrower (bfloat16, float16), so losses never run in less."""
+    return outputs.astype(jnp.promote_types(outputs.dtype, jnp.float32))
 
 
 def value_and_grad(model: Layer, loss, **loss_kwargs):

@@ -93,7 +93,14 @@ def update_ratios(params, updates) -> dict:
 # The step.
 
 
-def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False):
+def _cast_floats(tree, dtype):
+    """The floating-point leaves of `tree` as `dtype`; other leaves unchanged."""
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                        tree)
+
+
+def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
+              compute_dtype=None):
     """A pure, jittable `step(params, state, opt_state, x, y, key) -> (params, state,
     opt_state, metrics)`.
 
@@ -102,19 +109,28 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False):
     `.grad` on the hand-written path). The optimizer receives `value=loss` (for
     `reduce_on_plateau`). metrics: "loss" (data loss), "accuracy" (classification only),
     "penalty", "update_ratio" (per leaf), "finite" (loss, gradients and new params finite).
+
+    Mixed precision (off by default): with `compute_dtype=jnp.bfloat16` the forward and backward
+    passes run on the parameters and inputs cast to bfloat16, the loss in float32; gradients
+    come back in the parameters' dtype, and the optimizer state, the parameters and the layer
+    state (running statistics) never leave it.
     """
     run_backward = backprop.forward_backward(model, loss)
+    compute = (lambda tree: tree) if compute_dtype is None else \
+        (lambda tree: _cast_floats(tree, compute_dtype))
 
     def gradients(params, state, x, y, key):
         if hand_written:
-            value, outputs, new_state, grads = run_backward(params, state, x, y, key=key, train=True)
+            value, outputs, new_state, grads = run_backward(compute(params), state, compute(x), y,
+                                                            key=key, train=True)
+            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
             if regularizer is not None:
                 grads = jax.tree.map(jnp.add, grads, regularizer.grad(params))
             return value, outputs, new_state, grads
 
         def objective(p):
-            outputs, new_state = model.apply(p, state, x, key=key, train=True)
-            value = loss(outputs, y)
+            outputs, new_state = model.apply(compute(p), state, compute(x), key=key, train=True)
+            value = loss(backprop.at_least_float32(outputs), y)
             total = value if regularizer is None else value + regularizer(p)
             return total, (value, outputs, new_state)
 
@@ -123,6 +139,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False):
 
     def step(params, state, opt_state, x, y, key):
         value, outputs, new_state, grads = gradients(params, state, x, y, key)
+        new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, state)
         updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
         new_params = apply_updates(params, updates)
         metrics = {"loss": value, "update_ratio": update_ratios(params, updates),
@@ -259,9 +276,10 @@ def _make_streaming_epoch(step, batch_size, augment, guard):
     return epoch
 
 
-def _build_epoch_runner(model, loss, optimizer, regularizer, hand_written, batch_size, augment,
-                        mesh, streaming, guard):
-    step = make_step(model, loss, optimizer, regularizer=regularizer, hand_written=hand_written)
+def _build_epoch_runner(model, loss, optimizer, regularizer, hand_written, compute_dtype,
+                        batch_size, augment, mesh, streaming, guard):
+    step = make_step(model, loss, optimizer, regularizer=regularizer, hand_written=hand_written,
+                     compute_dtype=compute_dtype)
     if mesh is not None:
         step = parallel.data_parallel(step, mesh)
     if streaming:
@@ -374,7 +392,8 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         regularizer=None, hand_written: bool = False, augment: Callable | None = None,
         callbacks: Sequence[Callable] = (), early_stopping: EarlyStopping | None = None,
         progress: bool = True, checkpoint_path=None, checkpoint_every: int = 1,
-        resume: bool = False, max_device_bytes: int = 2**31, mesh=None) -> FitResult:
+        resume: bool = False, max_device_bytes: int = 2**31, mesh=None,
+        compute_dtype=None) -> FitResult:
     """Train `model` on `train = (x, y)` for `epochs` epochs of shuffled mini-batches.
 
     Parameters are initialised from `key` unless given. Each epoch's shuffle, dropout masks
@@ -382,10 +401,12 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     `fold_in(key, epoch)`, so a run is reproducible and resumable bit for bit: with
     `checkpoint_path`, a checkpoint is written atomically every `checkpoint_every` epochs, and
     `resume=True` continues from it. `history` holds per-epoch "loss", "accuracy",
-    "val_loss", "val_accuracy", "update_ratio" (dict of leaf → mean ‖Δθ‖/‖θ‖) and
-    "epoch_time". `callbacks(epoch, logs, result)` may return True to stop. With a device
-    `mesh` (`fn.parallel.mesh()`), every batch is split across its devices and the parameters
-    and states are replicated (data parallelism; see `funcnn.parallel`).
+    "val_loss", "val_accuracy", "update_ratio" (dict of leaf → mean ‖Δθ‖/‖θ‖ over every
+    `RATIO_EVERY`-th step) and "epoch_time". `callbacks(epoch, logs, result)` may return True
+    to stop. With a device `mesh` (`fn.parallel.mesh()`), every batch is split across its
+    devices and the parameters and states are replicated (data parallelism; see
+    `funcnn.parallel`). `compute_dtype` (e.g. `jnp.bfloat16`) turns on mixed precision as in
+    `make_step`.
     """
     x, y = train
     if len(x) != len(y):
@@ -416,8 +437,8 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     streaming = _nbytes(x) + _nbytes(y) > max_device_bytes
     images, labels = (np.asarray(x), np.asarray(y)) if streaming else \
         place((jnp.asarray(x), jnp.asarray(y)))
-    configuration = (model, loss, optimizer, regularizer, hand_written, batch_size, augment, mesh,
-                     streaming)
+    configuration = (model, loss, optimizer, regularizer, hand_written, compute_dtype, batch_size,
+                     augment, mesh, streaming)
     run_epoch = _epoch_runner(*configuration, False)
 
     best = None

@@ -231,11 +231,11 @@ def test_gradient_check_of_a_small_cnn_passes_with_kinks_reported():
 
 
 @pytest.mark.parametrize("strides,padding", [(1, "VALID"), (2, "SAME")])
-def test_training_gradients_on_the_cpu_are_gemms_and_the_forward_a_canonical_conv(strides,
-                                                                                   padding):
-    """On XLA:CPU the backward (hand-written or jax.grad of apply(train=True)) is matrix
-    products: the convolutions XLA derives or is given for it ran 2-60x slower in lax.scan. The
-    forward (and evaluation) is one NHWC/HWIO/NHWC conv, the layout that stays on the fast path."""
+def test_training_on_the_cpu_is_gemms_and_evaluation_a_canonical_conv(strides, padding):
+    """On XLA:CPU the training passes — hand-written forward/backward, and jax.grad of
+    apply(train=True) — are matrix products over shared im2col patches: convolutions there ran
+    2-60x slower in lax.scan. Evaluation is one NHWC/HWIO/NHWC conv, the layout of XLA's fast
+    path."""
     assert jax.default_backend() == "cpu"
     layer = nn.Conv2D(4, 3, strides, padding)
     params = {"w": jnp.zeros((3, 3, 2, 4)), "b": jnp.zeros(4)}
@@ -249,16 +249,18 @@ def test_training_gradients_on_the_cpu_are_gemms_and_the_forward_a_canonical_con
         return jax.grad(lambda p, x: jnp.sum(layer.apply(p, {}, x, train=True)[0]),
                         argnums=(0, 1))(params, x)
 
-    def primitives(f):
-        return [e.primitive.name for e in jax.make_jaxpr(f)(params, x).eqns]
+    def evaluation(params, x):
+        return layer.apply(params, {}, x)[0]
 
-    assert primitives(hand).count("conv_general_dilated") == 1   # the forward
-    assert primitives(hand).count("dot_general") == 2            # ∂L/∂W, ∂L/∂x
-    assert "conv_general_dilated" not in primitives(autodiff)
-    convs = [e for e in jax.make_jaxpr(hand)(params, x).eqns
-             if e.primitive.name == "conv_general_dilated"]
+    def eqns(f):
+        return jax.make_jaxpr(f)(params, x).eqns
+
+    names = [e.primitive.name for e in eqns(hand)]
+    assert "conv_general_dilated" not in names and names.count("dot_general") == 3   # y, dW, dx
+    assert "conv_general_dilated" not in {e.primitive.name for e in eqns(autodiff)}
+    convs = [e for e in eqns(evaluation) if e.primitive.name == "conv_general_dilated"]
     numbers = convs[0].params["dimension_numbers"]
-    assert (numbers.lhs_spec, numbers.rhs_spec, numbers.out_spec) == \
+    assert len(convs) == 1 and (numbers.lhs_spec, numbers.rhs_spec, numbers.out_spec) == \
         ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2)), numbers
 
 

@@ -52,6 +52,36 @@ def test_hand_written_step_equals_autodiff_step(spiral):
     assert float(outs[0][3]["penalty"]) > 0
 
 
+@pytest.mark.parametrize("hand_written", [False, True])
+def test_mixed_precision_computes_in_bfloat16_and_keeps_float32_state(spiral, hand_written):
+    (x, y), _ = spiral
+    model, opt = nn.serial(nn.Dense(32), nn.BatchNorm(), nn.Relu(), nn.Dense(3)), fn.optim.adam(1e-2)
+    params, state = model.init(jax.random.key(0), (2,))
+    args = (params, state, opt.init(params), x[:60], y[:60], jax.random.key(0))
+    full = fn.train.make_step(model, LOSS, opt, hand_written=hand_written)
+    mixed = fn.train.make_step(model, LOSS, opt, hand_written=hand_written,
+                               compute_dtype=jnp.bfloat16)
+    jaxpr = str(jax.make_jaxpr(mixed)(*args))
+    assert "bf16[60,32] = dot_general" in jaxpr, "the first layer's matmul should be bfloat16"
+    assert "bf16[60,32] = dot_general" not in str(jax.make_jaxpr(full)(*args))
+    out_full, out_mixed = jax.jit(full)(*args), jax.jit(mixed)(*args)
+    for tree in out_mixed[:3]:      # params, layer state, optimizer state: float32 throughout
+        assert {leaf.dtype for leaf in jax.tree.leaves(tree)
+                if jnp.issubdtype(leaf.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
+    assert out_mixed[3]["loss"].dtype == jnp.float32
+    assert float(out_mixed[3]["loss"]) == pytest.approx(float(out_full[3]["loss"]), rel=2e-2)
+    # One Adam step moves each weight by about ±lr either way; bfloat16 changes few signs.
+    delta = lambda out: np.sign(np.asarray(out[0][0]["w"] - params[0]["w"]))
+    assert np.mean(delta(out_mixed) == delta(out_full)) > 0.95
+
+
+def test_fit_in_mixed_precision_learns_the_spiral(spiral):
+    train, validation = spiral
+    result = _fit(train, validation=validation, epochs=40, compute_dtype=jnp.bfloat16)
+    assert result.history["val_accuracy"][-1] > 0.85
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(result.params))
+
+
 def test_fit_learns_the_spiral_and_keeps_history(spiral):
     train, validation = spiral
     result = _fit(train, validation=validation, epochs=40)

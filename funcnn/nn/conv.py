@@ -110,14 +110,14 @@ def conv2d_kernel_grad(x, dy, kernel_hw, strides, pads):
 
 
 def _on_xla_cpu() -> bool:
-    """Whether the training passes use matrix products and window stacks. On XLA:CPU, yes: the
-    convolutions and window-max scatters that `jax.grad` derives leave its fast path inside
-    `lax.scan` (measured in a 20-step scan, jax 0.10, 2 cores: C's second conv layer 4 s vs
-    63 ms per step as GEMMs; a 2×2 max-pool 32 vs 8 ms), and even the hand-written backward
-    convolutions lose to GEMMs (80 vs 45 ms), while `lax.conv` wins the forward alone (27 vs
-    38 ms). So there `forward` and evaluation convolve with `lax.conv`, `backward` multiplies
-    matrices, and `apply(train=True)` — what `jax.grad` differentiates in training — is written
-    with GEMMs and window stacks. On GPU/TPU everything stays on XLA's own ops."""
+    """Whether training runs on matrix products and window stacks. On XLA:CPU, yes. Measured
+    per step of a 20-step `lax.scan` (jax 0.10, 2 cores, batch 128), C's second conv layer
+    (12×12×32 → 64, 5×5): forward and backward as convolutions 40 ms, as GEMMs sharing one
+    im2col 21 ms; `jax.grad` of `lax.conv` about 4 s (its transposes leave XLA's fast path
+    inside loops), of the GEMM form 19 ms; a 2×2 max-pool's `jax.grad` 32 ms through
+    `reduce_window`, 8 ms through stacked windows. The forward alone is a tie (13 vs 12 ms), so
+    evaluation (`apply(train=False)`) keeps `lax.conv`, which builds no patches. On GPU/TPU
+    everything stays on XLA's own ops."""
     return jax.default_backend() == "cpu"
 
 
@@ -128,11 +128,19 @@ def _padded(x, pads):
 
 def im2col(x, kernel_hw, strides, pads):
     """The window patches of the padded input as rows: (n·ho·wo, kh·kw·cin), window entries in
-    row-major (i, j, c) order — the order of w.reshape(kh·kw·cin, cout). Also returns (ho, wo)."""
+    row-major (i, j, c) order — the order of w.reshape(kh·kw·cin, cout). Also returns (ho, wo).
+
+    One gather of whole channel vectors by static pixel indices: XLA:CPU runs it as one pass,
+    where kh·kw stacked slices cost a copy each and a concatenation (1.5× slower end to end)."""
     x = _padded(x, pads)
-    out_hw = tuple((size - k) // s + 1 for size, k, s in zip(x.shape[1:3], kernel_hw, strides))
-    patches = _window_stack(x, kernel_hw, strides, out_hw)
-    return patches.reshape(-1, patches.shape[3] * patches.shape[4]), out_hw
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw) = kernel_hw, strides
+    out_hw = ((h - kh) // sh + 1, (w - kw) // sw + 1)
+    p, q, i, j = np.meshgrid(np.arange(out_hw[0]), np.arange(out_hw[1]), np.arange(kh),
+                             np.arange(kw), indexing="ij")
+    pixels = ((p * sh + i) * w + q * sw + j).ravel()
+    patches = x.reshape(n, h * w, c)[:, pixels]
+    return patches.reshape(n * out_hw[0] * out_hw[1], kh * kw * c), out_hw
 
 
 def conv2d_as_gemm(x, w, strides, pads):
@@ -165,7 +173,8 @@ def Conv2D(features: int, kernel, strides=1, padding: str = "VALID", w_init=init
     x: (batch, h, w, cin); params {"w": (kh, kw, cin, cout), "b": (cout,)}; y: (batch, ho, wo, cout)
     with ho = ⌊(h − kh)/sh⌋ + 1 for "VALID" and ⌈h/sh⌉ for "SAME" (extra pad at the bottom/right).
     Backward: ∂L/∂x = transposed convolution of δ with the flipped kernel; ∂L/∂W = x ⋆ δ;
-    ∂L/∂b = Σ_{n,p,q} δ — on the CPU as GEMMs over im2col patches (see `_on_xla_cpu`). `kernel` and `strides` are an int or an (h, w) pair.
+    ∂L/∂b = Σ_{n,p,q} δ — in training on the CPU, y = im2col(x)·W, ∂L/∂W = im2col(x)ᵀδ and
+    ∂L/∂x = col2im(δWᵀ), GEMMs sharing the forward's patches (see `_on_xla_cpu`). `kernel` and `strides` are an int or an (h, w) pair.
 
     >>> layer = Conv2D(8, 5, padding="SAME")
     >>> params, state = layer.init(jax.random.key(0), (28, 28, 1))   # w: (5, 5, 1, 8)
@@ -195,35 +204,48 @@ def Conv2D(features: int, kernel, strides=1, padding: str = "VALID", w_init=init
         return {"w": w_init(w_key, kernel_hw + (in_shape[-1], features)),
                 "b": b_init(b_key, (features,))}, {}
 
-    def convolve(params, x, via_gemm):
+    def operands(params, x):
         _check_image("Conv2D", x, params["w"].shape[2])
-        pads = pads_for(x.shape[1:3])
         output_shape(x.shape[1:])
         dtype = jnp.result_type(x, params["w"])   # promote as `x @ w` would
-        x, w = x.astype(dtype), params["w"].astype(dtype)
-        y = conv2d_as_gemm(x, w, strides, pads) if via_gemm else \
-            _conv(x, w, strides=strides, padding=pads)
+        return x.astype(dtype), params["w"].astype(dtype), pads_for(x.shape[1:3])
+
+    def with_bias(params, y):
         return y + along_last_axis(params["b"], 4)
 
     def apply(params, state, x, *, key=None, train=False):
         del key
-        return convolve(params, x, via_gemm=train and _on_xla_cpu()), state
+        x, w, pads = operands(params, x)
+        if train and _on_xla_cpu():
+            return with_bias(params, conv2d_as_gemm(x, w, strides, pads)), state
+        return with_bias(params, _conv(x, w, strides=strides, padding=pads)), state
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
-        return convolve(params, x, via_gemm=False), state, x
+        xc, w, pads = operands(params, x)
+        if _on_xla_cpu():   # the patches are the backward's operand too: build them once
+            patches, out_hw = im2col(xc, kernel_hw, strides, pads)
+            y = (patches @ w.reshape(-1, features)).reshape(x.shape[0], *out_hw, features)
+            return with_bias(params, y), state, (patches, shape_carrier(x))
+        return with_bias(params, _conv(xc, w, strides=strides, padding=pads)), state, x
 
-    def backward(params, x, dy):
-        pads, w = pads_for(x.shape[1:3]), params["w"].astype(dy.dtype)
-        x = x.astype(dy.dtype)
+    def backward(params, residuals, dy):
+        w = params["w"].astype(dy.dtype)
         if _on_xla_cpu():
-            patches, _ = im2col(x, kernel_hw, strides, pads)
-            dw, dx = conv2d_gemm_backward(patches, w, dy, x.shape[1:3], strides, pads)
+            patches, carrier = residuals
+            in_shape = carried_shape(carrier)
+            pads = pads_for(in_shape[1:3])
+            dw, dx = conv2d_gemm_backward(patches.astype(dy.dtype), w, dy, in_shape[1:3],
+                                          strides, pads)
+            x_dtype = carrier.dtype
         else:
+            x = residuals.astype(dy.dtype)
+            pads = pads_for(x.shape[1:3])
             dw = conv2d_kernel_grad(x, dy, kernel_hw, strides, pads)
             dx = conv2d_input_grad(dy, w, x.shape[1:3], strides, pads)
+            x_dtype = residuals.dtype
         db = jnp.sum(dy, axis=(0, 1, 2)).astype(params["b"].dtype)
-        return {"w": dw.astype(params["w"].dtype), "b": db}, dx.astype(x.dtype)
+        return {"w": dw.astype(params["w"].dtype), "b": db}, dx.astype(x_dtype)
 
     return Layer("Conv2D", init, forward, backward, output_shape, apply_fn=apply)
 
