@@ -83,8 +83,12 @@ def accuracy(outputs, targets):
 
 
 def update_ratios(params, updates) -> dict:
-    """‖update‖ / ‖param‖ per leaf (the notes' ~1e-3 health check), keyed by leaf path."""
-    return {name: jnp.linalg.norm(u.ravel()) / (jnp.linalg.norm(p.ravel()) + 1e-12)
+    """‖update‖ / ‖param‖ per leaf (the notes' ~1e-3 health check), keyed by leaf path.
+
+    The norms are √(v·v): dot products, which XLA:CPU calls into its GEMM library for rather
+    than compiling one reduction kernel per leaf."""
+    norm = lambda v: jnp.sqrt(jnp.vdot(v.ravel(), v.ravel()))
+    return {name: norm(u) / (norm(p) + 1e-12)
             for name, p, u in zip(leaf_paths(params), jax.tree.leaves(params),
                                   jax.tree.leaves(updates))}
 
@@ -167,13 +171,21 @@ RATIO_EVERY = 8   # fit records ‖Δθ‖/‖θ‖ on every 8th step: it is a t
 
 
 def _sampled_ratios(i, old, new):
-    """‖new − old‖ / ‖old‖ per leaf on steps i ≡ 0 (mod RATIO_EVERY), NaN on the others (the
-    norms are skipped there: on a small model they cost as much as the step's arithmetic)."""
-    skipped = {name: jnp.full((), jnp.nan, leaf.dtype)
-               for name, leaf in zip(leaf_paths(old), jax.tree.leaves(old))}
-    return jax.lax.cond(i % RATIO_EVERY == 0,
-                        lambda: update_ratios(old, jax.tree.map(jnp.subtract, new, old)),
-                        lambda: skipped)
+    """‖new − old‖ / ‖old‖ of every leaf, stacked in leaf order, on steps i ≡ 0 (mod
+    RATIO_EVERY); NaN on the others (the norms are skipped there: on a small model they cost as
+    much as the step's arithmetic). One vector per step: one buffer to write, not one per leaf."""
+    def ratios():
+        values = update_ratios(old, jax.tree.map(jnp.subtract, new, old)).values()
+        return jnp.stack([v.astype(jnp.float32) for v in values])
+    return jax.lax.cond(i % RATIO_EVERY == 0, ratios,
+                        lambda: jnp.full((len(jax.tree.leaves(old)),), jnp.nan, jnp.float32))
+
+
+def _unstack_ratios(metrics, params):
+    """The epoch's (steps, leaves) ratio rows as {leaf path: (steps,)}."""
+    rows = metrics["update_ratio"]
+    return {**metrics, "update_ratio": {name: rows[:, k]
+                                        for k, name in enumerate(leaf_paths(params))}}
 
 
 def _epoch_body(step, images, labels, epoch_key, augment, guard):
@@ -203,14 +215,18 @@ def _epoch_body(step, images, labels, epoch_key, augment, guard):
 
 
 def _flag_divergence(carry: EpochCarry, losses) -> EpochCarry:
-    """An unguarded epoch's verdict, from its per-step losses and its final values: bad_step is
-    the first step with a non-finite loss, else the last step when a final value is not finite
-    (NaN and ±inf persist through every update rule), else unchanged."""
+    """An unguarded epoch's verdict from its per-step losses: bad_step is the first step with a
+    non-finite loss (unless already set)."""
     bad_loss = ~jnp.isfinite(losses)
-    diverged = bad_loss.any() | ~all_finite(carry.params, carry.state, carry.opt_state)
-    first = jnp.where(bad_loss.any(), jnp.argmax(bad_loss), losses.shape[0] - 1)
-    bad_step = jnp.where((carry.bad_step < 0) & diverged, first, carry.bad_step)
+    bad_step = jnp.where((carry.bad_step < 0) & bad_loss.any(), jnp.argmax(bad_loss),
+                         carry.bad_step)
     return carry._replace(bad_step=bad_step.astype(carry.bad_step.dtype))
+
+
+def _host_finite(*trees) -> bool:
+    """Whether every floating-point leaf is finite, checked on the host (no compiled kernels)."""
+    return all(np.isfinite(np.asarray(leaf)).all() for tree in trees
+               for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact))
 
 
 def epoch_order(epoch_key, n: int, batch_size: int) -> np.ndarray:
@@ -241,9 +257,9 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *, guard:
     `carry` is an `EpochCarry` with `bad_step = -1`. With `guard`, a step whose loss, gradients
     or new parameters are not finite is not applied, nor any after it (their metric rows are
     NaN): the carry keeps the last good values and `bad_step` is that step's index. Without it
-    the epoch runs faster, and `bad_step ≥ 0` only flags divergence (the first non-finite loss,
-    or the last step when only the final values are not finite): replay it guarded to find the
-    step, as `fit` does. Metrics have one row per step; "update_ratio" is sampled every
+    the epoch runs faster and `bad_step` is the first step with a non-finite loss, which only
+    flags divergence: `fit` also checks the final values (NaN and ±inf persist through every
+    update rule) and replays a diverged epoch guarded to find the step. Metrics have one row per step; "update_ratio" is sampled every
     `RATIO_EVERY` steps (NaN rows between). Jit it, or vmap it over carries and keys.
     """
 
@@ -252,6 +268,7 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *, guard:
             order = _device_order(epoch_key, images.shape[0], batch_size)
         body = _epoch_body(step, images, labels, epoch_key, augment, guard)
         carry, metrics = jax.lax.scan(body, carry, (jnp.arange(order.shape[0]), order))
+        metrics = _unstack_ratios(metrics, carry.params)
         return (carry if guard else _flag_divergence(carry, metrics["loss"])), metrics
 
     return epoch
@@ -270,7 +287,7 @@ def _make_streaming_epoch(step, batch_size, augment, guard):
         for i, index in enumerate(order):
             carry, metrics = one(carry, images[index], labels[index], epoch_key, i)
             collected.append(metrics)
-        metrics = jax.tree.map(lambda *m: jnp.stack(m), *collected)
+        metrics = _unstack_ratios(jax.tree.map(lambda *m: jnp.stack(m), *collected), carry.params)
         return (carry if guard else _flag_divergence(carry, metrics["loss"])), metrics
 
     return epoch
@@ -450,7 +467,8 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         fresh_carry = lambda: place(EpochCarry(*jax.tree.map(
             jnp.copy, (result.params, result.state, result.opt_state)), jnp.array(-1)))
         carry, metrics = run_epoch(fresh_carry(), images, labels, epoch_key, order)
-        if int(carry.bad_step) >= 0:  # replay the epoch guarded: stop at the last good values
+        diverged = int(carry.bad_step) >= 0 or not _host_finite(carry.params, carry.opt_state)
+        if diverged:  # replay the epoch guarded: stop at the last good values
             carry, metrics = _epoch_runner(*configuration, True)(fresh_carry(), images, labels,
                                                                   epoch_key, order)
         bad_step = int(carry.bad_step)

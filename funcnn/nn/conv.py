@@ -130,8 +130,9 @@ def im2col(x, kernel_hw, strides, pads):
     """The window patches of the padded input as rows: (n·ho·wo, kh·kw·cin), window entries in
     row-major (i, j, c) order — the order of w.reshape(kh·kw·cin, cout). Also returns (ho, wo).
 
-    One gather of whole channel vectors by static pixel indices: XLA:CPU runs it as one pass,
-    where kh·kw stacked slices cost a copy each and a concatenation (1.5× slower end to end)."""
+    One gather of whole channel vectors by static pixel indices: XLA:CPU runs it in one pass,
+    where kh·kw stacked slices cost a copy each and a concatenation (C's training forward took
+    22 ms that way, 13 ms this way)."""
     x = _padded(x, pads)
     n, h, w, c = x.shape
     (kh, kw), (sh, sw) = kernel_hw, strides
@@ -174,7 +175,8 @@ def Conv2D(features: int, kernel, strides=1, padding: str = "VALID", w_init=init
     with ho = ⌊(h − kh)/sh⌋ + 1 for "VALID" and ⌈h/sh⌉ for "SAME" (extra pad at the bottom/right).
     Backward: ∂L/∂x = transposed convolution of δ with the flipped kernel; ∂L/∂W = x ⋆ δ;
     ∂L/∂b = Σ_{n,p,q} δ — in training on the CPU, y = im2col(x)·W, ∂L/∂W = im2col(x)ᵀδ and
-    ∂L/∂x = col2im(δWᵀ), GEMMs sharing the forward's patches (see `_on_xla_cpu`). `kernel` and `strides` are an int or an (h, w) pair.
+    ∂L/∂x = col2im(δWᵀ), GEMMs sharing the forward's patches (see `_on_xla_cpu`). `kernel`
+    and `strides` are an int or an (h, w) pair.
 
     >>> layer = Conv2D(8, 5, padding="SAME")
     >>> params, state = layer.init(jax.random.key(0), (28, 28, 1))   # w: (5, 5, 1, 8)
