@@ -160,6 +160,18 @@ def fit_epochs(model, loss, optimizer, x, y, *, batch: int, hand_written: bool =
     return first_step, run_steps
 
 
+def optax_loop(loss_fn, params, tx, batches):
+    """Plain JAX's idiomatic step (jax.grad, optax update, donated buffers), per step."""
+    import optax
+
+    def step(params, opt_state, x, y):
+        grads = jax.grad(loss_fn)(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return looped(jax.jit(step, donate_argnums=(0, 1)), (params, tx.init(params)), batches)
+
+
 def nnx_loop(model, tx, batches):
     """flax.nnx's idiomatic training step (nnx.jit, nnx.grad, nnx.Optimizer), per step."""
     import optax

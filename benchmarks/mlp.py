@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 
 import funcnn as fn  # noqa: E402
 from funcnn import nn  # noqa: E402
-from harness import (fit_epochs, looped, matmul_ceiling, measure, nnx_loop, report,  # noqa: E402
-                     torch_loop)
+from harness import (  # noqa: E402
+    fit_epochs, looped, matmul_ceiling, measure, nnx_loop, optax_loop, report, torch_loop)
 
 BATCH, EPOCH = 128, 60_000
 WORKLOADS = {
@@ -106,14 +106,7 @@ def plain_jax(spec, batches):
         w, b = params[-1]
         return optax.softmax_cross_entropy_with_integer_labels(x @ w + b, y).mean()
 
-    @jax.jit
-    def step(params, opt_state, x, y):
-        grads = jax.grad(loss_fn)(params, x, y)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    step = jax.jit(step, donate_argnums=(0, 1))
-    return looped(step, (params, tx.init(params)), batches)
+    return optax_loop(loss_fn, params, tx, batches)
 
 
 def equinox_mlp(spec, batches):

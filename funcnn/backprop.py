@@ -35,6 +35,14 @@ def forward_backward(model: Layer, loss, **loss_kwargs):
     return run
 
 
+def cast_floats(tree, dtype):
+    """The floating-point leaves of `tree` (arrays or Python numbers) as `dtype` arrays; other
+    leaves as arrays, unchanged in dtype."""
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype)
+                        if jnp.issubdtype(jnp.result_type(a), jnp.floating) else jnp.asarray(a),
+                        tree)
+
+
 def at_least_float32(outputs):
     """Outputs as float32 when narrower (bfloat16, float16), so losses never run in less."""
     return outputs.astype(jnp.promote_types(outputs.dtype, jnp.float32))

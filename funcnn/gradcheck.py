@@ -31,11 +31,6 @@ def relative_error(a, b, floor=0.0):
     return jnp.where(agree, 0.0, jnp.abs(a - b) / jnp.where(agree, 1.0, scale))
 
 
-def _to_float64(tree):
-    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64)
-                        if jnp.issubdtype(jnp.result_type(a), jnp.floating) else jnp.asarray(a), tree)
-
-
 def _probe(f, branches, flat_params, unravel, eps, batch_size=64):
     """Jitted map over flat coordinates i: (centered difference of f, kink crossed at i).
 
@@ -68,7 +63,7 @@ def numerical_grad(f, params, eps=1e-5):
     pytree `params` (all leaves floating point). Returns a pytree of float64 leaves.
     """
     with jax.enable_x64(True):
-        flat, unravel = ravel_pytree(_to_float64(params))
+        flat, unravel = ravel_pytree(backprop.cast_floats(params, jnp.float64))
         differences, _ = _probe(f, None, flat, unravel, eps)(jnp.arange(flat.size))
         return unravel(differences)
 
@@ -138,7 +133,7 @@ def check(model: Layer, loss, params, state, x, y, *, key=None, train=True, samp
     holds when every other relative error is ≤ `tol` (both values ≤ `floor` count as equal).
     """
     with jax.enable_x64(True):
-        params, state, x, y = (_to_float64(t) for t in (params, state, x, y))
+        params, state, x, y = (backprop.cast_floats(t, jnp.float64) for t in (params, state, x, y))
         key = jax.random.key(seed) if key is None else key
 
         def objective(p):

@@ -97,12 +97,6 @@ def update_ratios(params, updates) -> dict:
 # The step.
 
 
-def _cast_floats(tree, dtype):
-    """The floating-point leaves of `tree` as `dtype`; other leaves unchanged."""
-    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-                        tree)
-
-
 def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
               compute_dtype=None):
     """A pure, jittable `step(params, state, opt_state, x, y, key) -> (params, state,
@@ -121,7 +115,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
     """
     run_backward = backprop.forward_backward(model, loss)
     compute = (lambda tree: tree) if compute_dtype is None else \
-        (lambda tree: _cast_floats(tree, compute_dtype))
+        (lambda tree: backprop.cast_floats(tree, compute_dtype))
 
     def gradients(params, state, x, y, key):
         if hand_written:
@@ -259,8 +253,9 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *, guard:
     NaN): the carry keeps the last good values and `bad_step` is that step's index. Without it
     the epoch runs faster and `bad_step` is the first step with a non-finite loss, which only
     flags divergence: `fit` also checks the final values (NaN and ±inf persist through every
-    update rule) and replays a diverged epoch guarded to find the step. Metrics have one row per step; "update_ratio" is sampled every
-    `RATIO_EVERY` steps (NaN rows between). Jit it, or vmap it over carries and keys.
+    update rule) and replays a diverged epoch guarded to find the step. Metrics have one row
+    per step; "update_ratio" is sampled every `RATIO_EVERY` steps (NaN rows between). Jit it,
+    or vmap it over carries and keys.
     """
 
     def epoch(carry, images, labels, epoch_key, order=None):

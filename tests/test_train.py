@@ -55,7 +55,8 @@ def test_hand_written_step_equals_autodiff_step(spiral):
 @pytest.mark.parametrize("hand_written", [False, True])
 def test_mixed_precision_computes_in_bfloat16_and_keeps_float32_state(spiral, hand_written):
     (x, y), _ = spiral
-    model, opt = nn.serial(nn.Dense(32), nn.BatchNorm(), nn.Relu(), nn.Dense(3)), fn.optim.adam(1e-2)
+    model = nn.serial(nn.Dense(32), nn.BatchNorm(), nn.Relu(), nn.Dense(3))
+    opt = fn.optim.adam(1e-2)
     params, state = model.init(jax.random.key(0), (2,))
     args = (params, state, opt.init(params), x[:60], y[:60], jax.random.key(0))
     full = fn.train.make_step(model, LOSS, opt, hand_written=hand_written)

@@ -145,10 +145,12 @@ def im2col(x, kernel_hw, strides, pads):
 
 
 def conv2d_as_gemm(x, w, strides, pads):
-    """y = conv(x, w) as one matrix product: im2col(x) @ w as a (kh·kw·cin, cout) matrix."""
+    """y = conv(x, w) as one matrix product: im2col(x) @ w as a (kh·kw·cin, cout) matrix.
+    Returns (y, patches): the patches are the backward's operand too."""
     kh, kw, cin, cout = w.shape
     patches, out_hw = im2col(x, (kh, kw), strides, pads)
-    return (patches @ w.reshape(kh * kw * cin, cout)).reshape(x.shape[0], *out_hw, cout)
+    y = (patches @ w.reshape(kh * kw * cin, cout)).reshape(x.shape[0], *out_hw, cout)
+    return y, patches
 
 
 def conv2d_gemm_backward(patches, w, dy, in_hw, strides, pads):
@@ -219,15 +221,14 @@ def Conv2D(features: int, kernel, strides=1, padding: str = "VALID", w_init=init
         del key
         x, w, pads = operands(params, x)
         if train and _on_xla_cpu():
-            return with_bias(params, conv2d_as_gemm(x, w, strides, pads)), state
+            return with_bias(params, conv2d_as_gemm(x, w, strides, pads)[0]), state
         return with_bias(params, _conv(x, w, strides=strides, padding=pads)), state
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
         xc, w, pads = operands(params, x)
         if _on_xla_cpu():   # the patches are the backward's operand too: build them once
-            patches, out_hw = im2col(xc, kernel_hw, strides, pads)
-            y = (patches @ w.reshape(-1, features)).reshape(x.shape[0], *out_hw, features)
+            y, patches = conv2d_as_gemm(xc, w, strides, pads)
             return with_bias(params, y), state, (patches, shape_carrier(x))
         return with_bias(params, _conv(xc, w, strides=strides, padding=pads)), state, x
 
