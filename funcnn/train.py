@@ -108,6 +108,10 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
     `reduce_on_plateau`). metrics: "loss" (data loss), "accuracy" (classification only),
     "penalty", "update_ratio" (per leaf), "finite" (loss, gradients and new params finite).
 
+    `make_epoch` calls the step with `sample_ratios=` a traced bool: "update_ratio" is then the
+    stacked (leaves,) vector, computed only when it is true (NaN rows otherwise), from the
+    updates before they are applied — so the old parameters need no copy.
+
     Mixed precision (off by default): with `compute_dtype=jnp.bfloat16` the forward and backward
     passes run on the parameters and inputs cast to bfloat16, the loss in float32; gradients
     come back in the parameters' dtype, and the optimizer state, the parameters and the layer
@@ -135,12 +139,14 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
         (_, (value, outputs, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
         return value, outputs, new_state, grads
 
-    def step(params, state, opt_state, x, y, key):
+    def step(params, state, opt_state, x, y, key, *, sample_ratios=None):
         value, outputs, new_state, grads = gradients(params, state, x, y, key)
         new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, state)
         updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
+        ratios = update_ratios(params, updates) if sample_ratios is None else \
+            _sampled_ratios(sample_ratios, params, updates)
         new_params = apply_updates(params, updates)
-        metrics = {"loss": value, "update_ratio": update_ratios(params, updates),
+        metrics = {"loss": value, "update_ratio": ratios,
                    "finite": all_finite(value, grads, new_params)}
         if regularizer is not None:
             metrics["penalty"] = regularizer(params)
@@ -149,6 +155,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
             metrics["accuracy"] = acc
         return new_params, new_state, opt_state, metrics
 
+    step.samples_ratios = True
     return step
 
 
@@ -164,19 +171,19 @@ class EpochCarry(NamedTuple):
 RATIO_EVERY = 8   # fit records ‖Δθ‖/‖θ‖ on every 8th step: it is a trend, not a per-step signal
 
 
-def _sampled_ratios(i, old, new):
-    """‖new − old‖ / ‖old‖ of every leaf, stacked in leaf order, on steps i ≡ 0 (mod
-    RATIO_EVERY); NaN on the others (the norms are skipped there: on a small model they cost as
-    much as the step's arithmetic). One vector per step: one buffer to write, not one per leaf."""
+def _sampled_ratios(sample, params, updates):
+    """‖update‖ / ‖param‖ of every leaf, stacked in leaf order, when `sample` (a traced bool);
+    NaN otherwise (the norms are skipped: on a small model they cost as much as the step's
+    arithmetic). One vector per step: one buffer to write, not one per leaf."""
     def ratios():
-        values = update_ratios(old, jax.tree.map(jnp.subtract, new, old)).values()
-        return jnp.stack([v.astype(jnp.float32) for v in values])
-    return jax.lax.cond(i % RATIO_EVERY == 0, ratios,
-                        lambda: jnp.full((len(jax.tree.leaves(old)),), jnp.nan, jnp.float32))
+        return jnp.stack([v.astype(jnp.float32) for v in update_ratios(params, updates).values()])
+    return jax.lax.cond(sample, ratios,
+                        lambda: jnp.full((len(jax.tree.leaves(params)),), jnp.nan, jnp.float32))
 
 
 def _unstack_ratios(metrics, params):
-    """The epoch's (steps, leaves) ratio rows as {leaf path: (steps,)}."""
+    """The epoch's (steps, leaves) ratio rows as {leaf path: (steps,)}: slices of device arrays
+    under a trace, numpy views on the host."""
     rows = metrics["update_ratio"]
     return {**metrics, "update_ratio": {name: rows[:, k]
                                         for k, name in enumerate(leaf_paths(params))}}
@@ -192,10 +199,17 @@ def _epoch_body(step, images, labels, epoch_key, augment, guard):
         key = jax.random.fold_in(epoch_key, i)
         if augment is not None:
             x = augment(jax.random.fold_in(key, 1), x)
-        params, state, opt_state, metrics = step(carry.params, carry.state, carry.opt_state, x, y,
-                                                 jax.random.fold_in(key, 0))
+        sample = i % RATIO_EVERY == 0
+        step_key = jax.random.fold_in(key, 0)
+        if getattr(step, "samples_ratios", False):
+            params, state, opt_state, metrics = step(carry.params, carry.state, carry.opt_state,
+                                                     x, y, step_key, sample_ratios=sample)
+        else:   # any other step: the ratio from the parameters before and after
+            params, state, opt_state, metrics = step(carry.params, carry.state, carry.opt_state,
+                                                     x, y, step_key)
+            metrics["update_ratio"] = _sampled_ratios(
+                sample, carry.params, jax.tree.map(jnp.subtract, params, carry.params))
         finite = metrics.pop("finite")
-        metrics["update_ratio"] = _sampled_ratios(i, carry.params, params)
         if not guard:   # the finite check is dead code here: XLA drops it
             return EpochCarry(params, state, opt_state, carry.bad_step), metrics
         ok = finite & (carry.bad_step < 0)
@@ -208,12 +222,12 @@ def _epoch_body(step, images, labels, epoch_key, augment, guard):
     return body
 
 
-def _flag_divergence(carry: EpochCarry, losses) -> EpochCarry:
+def _flag_divergence(carry: EpochCarry, losses, np_like=jnp) -> EpochCarry:
     """An unguarded epoch's verdict from its per-step losses: bad_step is the first step with a
-    non-finite loss (unless already set)."""
-    bad_loss = ~jnp.isfinite(losses)
-    bad_step = jnp.where((carry.bad_step < 0) & bad_loss.any(), jnp.argmax(bad_loss),
-                         carry.bad_step)
+    non-finite loss (unless already set). `np_like=np` runs it on the host."""
+    bad_loss = ~np_like.isfinite(losses)
+    bad_step = np_like.where((carry.bad_step < 0) & bad_loss.any(), np_like.argmax(bad_loss),
+                             carry.bad_step)
     return carry._replace(bad_step=bad_step.astype(carry.bad_step.dtype))
 
 
@@ -258,15 +272,27 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *, guard:
     or vmap it over carries and keys.
     """
 
+    scan = _epoch_scan(step, batch_size, augment, guard)
+
     def epoch(carry, images, labels, epoch_key, order=None):
-        if order is None:
-            order = _device_order(epoch_key, images.shape[0], batch_size)
-        body = _epoch_body(step, images, labels, epoch_key, augment, guard)
-        carry, metrics = jax.lax.scan(body, carry, (jnp.arange(order.shape[0]), order))
+        carry, metrics = scan(carry, images, labels, epoch_key, order)
         metrics = _unstack_ratios(metrics, carry.params)
         return (carry if guard else _flag_divergence(carry, metrics["loss"])), metrics
 
     return epoch
+
+
+def _epoch_scan(step, batch_size, augment, guard):
+    """`make_epoch`'s scan alone: the ratio rows stacked and, unguarded, bad_step left unset
+    (`fit` finishes both on the host, keeping them out of the compiled program)."""
+
+    def scan(carry, images, labels, epoch_key, order=None):
+        if order is None:
+            order = _device_order(epoch_key, images.shape[0], batch_size)
+        body = _epoch_body(step, images, labels, epoch_key, augment, guard)
+        return jax.lax.scan(body, carry, (jnp.arange(order.shape[0]), order))
+
+    return scan
 
 
 def _make_streaming_epoch(step, batch_size, augment, guard):
@@ -282,10 +308,17 @@ def _make_streaming_epoch(step, batch_size, augment, guard):
         for i, index in enumerate(order):
             carry, metrics = one(carry, images[index], labels[index], epoch_key, i)
             collected.append(metrics)
-        metrics = _unstack_ratios(jax.tree.map(lambda *m: jnp.stack(m), *collected), carry.params)
-        return (carry if guard else _flag_divergence(carry, metrics["loss"])), metrics
+        return carry, jax.tree.map(lambda *m: np.stack(m), *collected)
 
     return epoch
+
+
+def _finish_on_host(carry: EpochCarry, metrics, guard: bool):
+    """`make_epoch`'s last touches to a raw scan's results, in numpy: per-leaf ratio columns
+    and, unguarded, the divergence flag."""
+    metrics = _unstack_ratios(jax.tree.map(np.asarray, metrics), carry.params)
+    carry = carry._replace(bad_step=np.asarray(carry.bad_step))
+    return (carry if guard else _flag_divergence(carry, metrics["loss"], np)), metrics
 
 
 def _build_epoch_runner(model, loss, optimizer, regularizer, hand_written, compute_dtype,
@@ -294,9 +327,13 @@ def _build_epoch_runner(model, loss, optimizer, regularizer, hand_written, compu
                      compute_dtype=compute_dtype)
     if mesh is not None:
         step = parallel.data_parallel(step, mesh)
-    if streaming:
-        return _make_streaming_epoch(step, batch_size, augment, guard)
-    return jax.jit(make_epoch(step, batch_size, augment, guard=guard), donate_argnums=0)
+    run = _make_streaming_epoch(step, batch_size, augment, guard) if streaming else \
+        jax.jit(_epoch_scan(step, batch_size, augment, guard))
+
+    def epoch(carry, images, labels, epoch_key, order):
+        return _finish_on_host(*run(carry, images, labels, epoch_key, order), guard)
+
+    return epoch
 
 
 _cached_epoch_runner = functools.lru_cache(maxsize=16)(_build_epoch_runner)
@@ -459,8 +496,8 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         epoch_key = jax.random.fold_in(train_key, epoch)
         order = epoch_order(epoch_key, len(x), batch_size)
         order = order if streaming else place(jnp.asarray(order))
-        fresh_carry = lambda: place(EpochCarry(*jax.tree.map(
-            jnp.copy, (result.params, result.state, result.opt_state)), jnp.array(-1)))
+        fresh_carry = lambda: place(EpochCarry(result.params, result.state, result.opt_state,
+                                               jnp.array(-1, jnp.int32)))
         carry, metrics = run_epoch(fresh_carry(), images, labels, epoch_key, order)
         diverged = int(carry.bad_step) >= 0 or not _host_finite(carry.params, carry.opt_state)
         if diverged:  # replay the epoch guarded: stop at the last good values
