@@ -173,6 +173,16 @@ def test_unguarded_epoch_samples_ratios_and_flags_divergence(spiral):
     grads = jax.grad(lambda p: LOSS(model.apply(p, state, x[order[0]])[0], y[order[0]]))(params)
     assert ratios[0] == pytest.approx(float(jnp.linalg.norm(0.1 * grads[0]["w"])
                                             / jnp.linalg.norm(w)), rel=1e-4)
+    # Any other step (here a plain wrapper, which make_epoch cannot ask for sampled ratios) gets
+    # them from the parameters before and after: the same values, the same training.
+    base = fn.train.make_step(model, LOSS, fn.optim.sgd(0.1))
+    wrapped = jax.jit(fn.train.make_epoch(lambda *args: base(*args), 20, guard=False))
+    opt_state = fn.optim.sgd(0.1).init(params)
+    other, other_metrics = wrapped(fn.train.EpochCarry(params, state, opt_state, jnp.array(-1)),
+                                   x, y, jax.random.key(1), order)
+    chex.assert_trees_all_close(other.params, carry.params)
+    chex.assert_trees_all_close(other_metrics["update_ratio"], metrics["update_ratio"],
+                                rtol=1e-4)
     # lr = 1e20 diverges: the unguarded epoch flags it, the guarded one names the step and
     # keeps the last finite values.
     flagged, _ = run(1e20, guard=False)
@@ -232,3 +242,23 @@ def test_reduce_on_plateau_is_fed_the_loss_by_fit(spiral):
                           key=jax.random.key(0), progress=False)
     # A 90 % improvement per epoch is never met: the scale halves after every epoch but the first.
     assert float(result.opt_state[-1].scale) == pytest.approx(0.25)
+
+
+def test_fit_history_is_the_epoch_scans_metrics(spiral):
+    """fit finishes the compiled scan on the host (ratio columns, means): its epoch-1 history is
+    make_epoch's traceable epoch on the same batches, leaf by leaf."""
+    train, _ = spiral
+    model, opt = _model(), fn.optim.sgd(0.5, momentum=0.9)
+    init_key, train_key = jax.random.split(jax.random.key(0))
+    params, state = model.init(init_key, (2,))
+    result = _fit(train, epochs=1, params=params, state=state)
+    epoch_key = jax.random.fold_in(train_key, 1)
+    epoch = jax.jit(fn.train.make_epoch(fn.train.make_step(model, LOSS, opt), 30, guard=False))
+    carry, metrics = epoch(fn.train.EpochCarry(params, state, opt.init(params), jnp.array(-1)),
+                           jnp.asarray(train[0]), jnp.asarray(train[1]), epoch_key,
+                           jnp.asarray(fn.train.epoch_order(epoch_key, 300, 30)))
+    chex.assert_trees_all_close(result.params, carry.params)
+    assert result.history["loss"][0] == pytest.approx(float(jnp.mean(metrics["loss"])), rel=1e-6)
+    for leaf, column in metrics["update_ratio"].items():
+        assert result.history["update_ratio"][0][leaf] == pytest.approx(
+            float(jnp.nanmean(column)), rel=1e-6)
