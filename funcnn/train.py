@@ -109,8 +109,8 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
     "penalty", "update_ratio" (per leaf), "finite" (loss, gradients and new params finite).
 
     `make_epoch` calls the step with `sample_ratios=` a traced bool: "update_ratio" is then the
-    stacked (leaves,) vector, computed only when it is true (NaN rows otherwise), from the
-    updates before they are applied — so the old parameters need no copy.
+    stacked (leaves,) vector ‖u‖/‖θ‖ of the updates u (θ + u is the new θ), computed only when
+    it is true (NaN otherwise).
 
     Mixed precision (off by default): with `compute_dtype=jnp.bfloat16` the forward and backward
     passes run on the parameters and inputs cast to bfloat16, the loss in float32; gradients
