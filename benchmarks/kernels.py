@@ -79,7 +79,8 @@ def main():
     carry = fn.train.EpochCarry(params, state, optimizer.init(params), jnp.array(-1))
     x, y = jnp.asarray(x), jnp.asarray(y)
     order = jnp.asarray(fn.train.epoch_order(jax.random.key(1), len(x), batch))
-    run = lambda: jax.block_until_ready(epoch(carry, x, y, jax.random.key(1), order))
+    compiled = epoch.lower(carry, x, y, jax.random.key(1), order).compile()
+    run = lambda: jax.block_until_ready(compiled(carry, x, y, jax.random.key(1), order))
     run()
     start = time.perf_counter()
     run()
@@ -89,7 +90,7 @@ def main():
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             run()
         total, calls = kernel_times(trace_dir)
-    hlo = epoch.lower(carry, x, y, jax.random.key(1), order).compile().as_text()
+    hlo = compiled.as_text()
     print(f"{'kernel':<40}{'ms/step':>9}{'calls/step':>12}  {'output':<34}operation")
     for name, micros in total.most_common(args.top):
         shape, op = describe(hlo, name)

@@ -496,12 +496,12 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         epoch_key = jax.random.fold_in(train_key, epoch)
         order = epoch_order(epoch_key, len(x), batch_size)
         order = order if streaming else place(jnp.asarray(order))
-        fresh_carry = lambda: place(EpochCarry(result.params, result.state, result.opt_state,
-                                               jnp.array(-1, jnp.int32)))
-        carry, metrics = run_epoch(fresh_carry(), images, labels, epoch_key, order)
+        start_carry = place(EpochCarry(result.params, result.state, result.opt_state,
+                                       jnp.array(-1, jnp.int32)))   # not donated: reusable
+        carry, metrics = run_epoch(start_carry, images, labels, epoch_key, order)
         diverged = int(carry.bad_step) >= 0 or not _host_finite(carry.params, carry.opt_state)
         if diverged:  # replay the epoch guarded: stop at the last good values
-            carry, metrics = _epoch_runner(*configuration, True)(fresh_carry(), images, labels,
+            carry, metrics = _epoch_runner(*configuration, True)(start_carry, images, labels,
                                                                   epoch_key, order)
         bad_step = int(carry.bad_step)
         logs = _epoch_logs(metrics)
