@@ -108,9 +108,9 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
     `reduce_on_plateau`). metrics: "loss" (data loss), "accuracy" (classification only),
     "penalty", "update_ratio" (per leaf), "finite" (loss, gradients and new params finite).
 
-    `make_epoch` calls the step with `sample_ratios=` a traced bool: "update_ratio" is then the
-    stacked (leaves,) vector ‖u‖/‖θ‖ of the updates u (θ + u is the new θ), computed only when
-    it is true (NaN otherwise).
+    `make_epoch` calls the step with `sample_ratios=` True or False: "update_ratio" is then the
+    stacked (leaves,) vector ‖u‖/‖θ‖ of the updates u (θ + u is the new θ), or NaN without
+    computing it.
 
     Mixed precision (off by default): with `compute_dtype=jnp.bfloat16` the forward and backward
     passes run on the parameters and inputs cast to bfloat16, the loss in float32; gradients
@@ -144,7 +144,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
         new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, state)
         updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
         ratios = update_ratios(params, updates) if sample_ratios is None else \
-            _sampled_ratios(sample_ratios, params, updates)
+            _stacked_ratios(sample_ratios, params, updates)
         new_params = apply_updates(params, updates)
         metrics = {"loss": value, "update_ratio": ratios,
                    "finite": all_finite(value, grads, new_params)}
@@ -171,14 +171,12 @@ class EpochCarry(NamedTuple):
 RATIO_EVERY = 8   # fit records ‖Δθ‖/‖θ‖ on every 8th step: it is a trend, not a per-step signal
 
 
-def _sampled_ratios(sample, params, updates):
-    """‖update‖ / ‖param‖ of every leaf, stacked in leaf order, when `sample` (a traced bool);
-    NaN otherwise (the norms are skipped: on a small model they cost as much as the step's
-    arithmetic). One vector per step: one buffer to write, not one per leaf."""
-    def ratios():
-        return jnp.stack([v.astype(jnp.float32) for v in update_ratios(params, updates).values()])
-    return jax.lax.cond(sample, ratios,
-                        lambda: jnp.full((len(jax.tree.leaves(params)),), jnp.nan, jnp.float32))
+def _stacked_ratios(sample: bool, params, updates):
+    """‖update‖ / ‖param‖ of every leaf, stacked in leaf order (one buffer per step, not one per
+    leaf), when `sample`; NaN otherwise, without reading the updates."""
+    if not sample:
+        return jnp.full((len(jax.tree.leaves(params)),), jnp.nan, jnp.float32)
+    return jnp.stack([v.astype(jnp.float32) for v in update_ratios(params, updates).values()])
 
 
 def _unstack_ratios(metrics, params):
@@ -189,9 +187,9 @@ def _unstack_ratios(metrics, params):
                                         for k, name in enumerate(leaf_paths(params))}}
 
 
-def _epoch_body(step, images, labels, epoch_key, augment, guard):
-    """Scan body: gather a batch, (augment,) step, sample the update ratios; with `guard`,
-    record the first non-finite step and keep the old values from it on (NaN metrics)."""
+def _epoch_body(step, images, labels, epoch_key, augment, guard, sample: bool):
+    """Loop body: gather a batch, (augment,) step, with the update ratios when `sample`; with
+    `guard`, record the first non-finite step and keep the old values from it on (NaN metrics)."""
 
     def body(carry: EpochCarry, inputs):
         i, index = inputs
@@ -199,7 +197,6 @@ def _epoch_body(step, images, labels, epoch_key, augment, guard):
         key = jax.random.fold_in(epoch_key, i)
         if augment is not None:
             x = augment(jax.random.fold_in(key, 1), x)
-        sample = i % RATIO_EVERY == 0
         step_key = jax.random.fold_in(key, 0)
         if getattr(step, "samples_ratios", False):
             params, state, opt_state, metrics = step(carry.params, carry.state, carry.opt_state,
@@ -207,7 +204,7 @@ def _epoch_body(step, images, labels, epoch_key, augment, guard):
         else:   # any other step: the ratio from the parameters before and after
             params, state, opt_state, metrics = step(carry.params, carry.state, carry.opt_state,
                                                      x, y, step_key)
-            metrics["update_ratio"] = _sampled_ratios(
+            metrics["update_ratio"] = _stacked_ratios(
                 sample, carry.params, jax.tree.map(jnp.subtract, params, carry.params))
         finite = metrics.pop("finite")
         if not guard:   # the finite check is dead code here: XLA drops it
@@ -257,8 +254,8 @@ def _device_order(epoch_key, n: int, batch_size: int):
 
 
 def make_epoch(step, batch_size: int, augment: Callable | None = None, *, guard: bool = True):
-    """A pure `epoch(carry, images, labels, key, order=None) -> (carry, metrics)`: one `lax.scan`
-    over the shuffled full batches of (images, labels), each gathered on the device.
+    """A pure `epoch(carry, images, labels, key, order=None) -> (carry, metrics)`: one compiled
+    loop over the shuffled full batches of (images, labels), each gathered on the device.
 
     `order` holds the (steps, batch_size) example indices (`epoch_order`, as `fit` uses); by
     default they come from `jax.random.permutation`, so the epoch stays traceable end to end.
@@ -283,14 +280,43 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *, guard:
 
 
 def _epoch_scan(step, batch_size, augment, guard):
-    """`make_epoch`'s scan alone: the ratio rows stacked and, unguarded, bad_step left unset
-    (`fit` finishes both on the host, keeping them out of the compiled program)."""
+    """`make_epoch`'s loop alone: the ratio rows stacked and, unguarded, bad_step left unset
+    (`fit` finishes both on the host, keeping them out of the compiled program).
+
+    A `lax.scan` over segments of `RATIO_EVERY` steps: a step that samples the update ratios,
+    then a loop of up to RATIO_EVERY − 1 steps that do not (fewer in the last segment). The two
+    kinds of step are compiled apart because sampling in every step behind a `lax.cond` keeps
+    each update u and the old θ alive for the norms: two more passes over every weight per
+    step, 5 % of workload A's step and 7 % of B's (benchmarks/mlp.py), for a second compiled
+    copy of the step (about 0.3 s more compilation on A)."""
 
     def scan(carry, images, labels, epoch_key, order=None):
         if order is None:
             order = _device_order(epoch_key, images.shape[0], batch_size)
-        body = _epoch_body(step, images, labels, epoch_key, augment, guard)
-        return jax.lax.scan(body, carry, (jnp.arange(order.shape[0]), order))
+        steps = order.shape[0]
+        sampled, plain = (_epoch_body(step, images, labels, epoch_key, augment, guard, sample)
+                          for sample in (True, False))
+        rest = RATIO_EVERY - 1
+        row = jax.eval_shape(lambda c: plain(c, (0, order[0]))[1], carry)
+        no_rows = jax.tree.map(lambda r: jnp.full((rest, *r.shape), jnp.nan, r.dtype), row)
+
+        def segment(carry, first):
+            carry, first_row = sampled(carry, (first, order[first]))
+
+            def next_step(j, loop):
+                carry, rows = loop
+                carry, step_row = plain(carry, (first + 1 + j, order[first + 1 + j]))
+                return carry, jax.tree.map(lambda rs, r: rs.at[j].set(r), rows, step_row)
+
+            count = jnp.minimum(rest, steps - 1 - first)
+            carry, rows = jax.lax.fori_loop(0, count, next_step, (carry, no_rows))
+            return carry, (first_row, rows)
+
+        carry, (firsts, rests) = jax.lax.scan(segment, carry,
+                                              jnp.arange(0, steps, RATIO_EVERY))
+        interleave = lambda f, r: jnp.concatenate([f[:, None], r], axis=1) \
+            .reshape(-1, *f.shape[1:])[:steps]
+        return carry, jax.tree.map(interleave, firsts, rests)
 
     return scan
 
@@ -298,15 +324,16 @@ def _epoch_scan(step, batch_size, augment, guard):
 def _make_streaming_epoch(step, batch_size, augment, guard):
     """Same arithmetic as the scan, one compiled step per host batch, for data too big to hold."""
 
-    @jax.jit
-    def one(carry, x, y, epoch_key, i):
-        body = _epoch_body(step, x, y, epoch_key, augment, guard)
+    @functools.partial(jax.jit, static_argnames="sample")
+    def one(carry, x, y, epoch_key, i, sample):
+        body = _epoch_body(step, x, y, epoch_key, augment, guard, sample)
         return body(carry, (i, jnp.arange(x.shape[0])))
 
     def epoch(carry, images, labels, epoch_key, order):
         collected = []
         for i, index in enumerate(order):
-            carry, metrics = one(carry, images[index], labels[index], epoch_key, i)
+            carry, metrics = one(carry, images[index], labels[index], epoch_key, i,
+                                 sample=i % RATIO_EVERY == 0)
             collected.append(metrics)
         return carry, jax.tree.map(lambda *m: np.stack(m), *collected)
 

@@ -193,6 +193,36 @@ def test_unguarded_epoch_samples_ratios_and_flags_divergence(spiral):
     assert np.isnan(np.asarray(guarded_metrics["loss"])[bad:]).all()
 
 
+def test_epoch_is_its_steps_one_by_one(spiral):
+    """The epoch's segments (a ratio-sampling step, then a loop of plain ones) and its short last
+    segment run exactly the steps, batches and keys of a per-step loop, in order."""
+    (x, y), _ = spiral
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    model, opt = _model(), fn.optim.adam(0.01)
+    params, state = model.init(jax.random.key(0), (2,))
+    steps = fn.train.RATIO_EVERY + 3
+    order = jnp.asarray(fn.train.epoch_order(jax.random.key(1), 300, 300 // steps))
+    step = fn.train.make_step(model, LOSS, opt)
+    epoch = jax.jit(fn.train.make_epoch(step, 300 // steps, guard=False))
+    carry, metrics = epoch(fn.train.EpochCarry(params, state, opt.init(params), jnp.array(-1)),
+                           x, y, jax.random.key(1), order)
+    chex.assert_shape(metrics["loss"], (steps,))
+    opt_state, losses, ratios = opt.init(params), [], []
+    for i in range(steps):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(1), i), 0)
+        params, state, opt_state, step_metrics = jax.jit(step)(params, state, opt_state,
+                                                                x[order[i]], y[order[i]], key)
+        losses.append(step_metrics["loss"])
+        ratios.append(step_metrics["update_ratio"]["0/w"])
+    chex.assert_trees_all_close((carry.params, carry.opt_state), (params, opt_state), rtol=1e-5,
+                                atol=1e-7)
+    np.testing.assert_allclose(metrics["loss"], np.array(losses), rtol=1e-5)
+    sampled = np.arange(steps) % fn.train.RATIO_EVERY == 0
+    np.testing.assert_allclose(np.asarray(metrics["update_ratio"]["0/w"])[sampled],
+                               np.array(ratios)[sampled], rtol=1e-4)
+    assert np.isnan(np.asarray(metrics["update_ratio"]["0/w"])[~sampled]).all()
+
+
 def test_streaming_path_matches_scan(spiral):
     train, _ = spiral
     scan = _fit(train, epochs=2)
