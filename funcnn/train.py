@@ -297,11 +297,11 @@ def _epoch_scan(step, batch_size, augment, guard):
         sampled, plain = (_epoch_body(step, images, labels, epoch_key, augment, guard, sample)
                           for sample in (True, False))
         rest = RATIO_EVERY - 1
-        row = jax.eval_shape(lambda c: plain(c, (0, order[0]))[1], carry)
-        no_rows = jax.tree.map(lambda r: jnp.full((rest, *r.shape), jnp.nan, r.dtype), row)
 
         def segment(carry, first):
             carry, first_row = sampled(carry, (first, order[first]))
+            no_rows = jax.tree.map(lambda r: jnp.full((rest, *r.shape), jnp.nan, r.dtype),
+                                   first_row)   # the plain steps' rows have the same shapes
 
             def next_step(j, loop):
                 carry, rows = loop
