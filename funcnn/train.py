@@ -288,7 +288,7 @@ def _epoch_scan(step, batch_size, augment, guard):
     kinds of step are compiled apart because sampling in every step behind a `lax.cond` keeps
     each update u and the old θ alive for the norms: two more passes over every weight per
     step, 5 % of workload A's step and 7 % of B's (benchmarks/mlp.py), for a second compiled
-    copy of the step (about 0.3 s more compilation on A)."""
+    copy of the step (about 0.5 s more compilation on A)."""
 
     def scan(carry, images, labels, epoch_key, order=None):
         if order is None:
