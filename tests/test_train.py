@@ -207,11 +207,11 @@ def test_epoch_is_its_steps_one_by_one(spiral):
     carry, metrics = epoch(fn.train.EpochCarry(params, state, opt.init(params), jnp.array(-1)),
                            x, y, jax.random.key(1), order)
     chex.assert_shape(metrics["loss"], (steps,))
-    opt_state, losses, ratios = opt.init(params), [], []
+    one_step, opt_state, losses, ratios = jax.jit(step), opt.init(params), [], []
     for i in range(steps):
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(1), i), 0)
-        params, state, opt_state, step_metrics = jax.jit(step)(params, state, opt_state,
-                                                                x[order[i]], y[order[i]], key)
+        params, state, opt_state, step_metrics = one_step(params, state, opt_state,
+                                                          x[order[i]], y[order[i]], key)
         losses.append(step_metrics["loss"])
         ratios.append(step_metrics["update_ratio"]["0/w"])
     chex.assert_trees_all_close((carry.params, carry.opt_state), (params, opt_state), rtol=1e-5,
