@@ -157,15 +157,43 @@ def conv2d_gemm_backward(patches, w, dy, in_hw, strides, pads):
     """The GEMM path's hand-written backward: ∂L/∂W = patchesᵀ δ, and ∂L/∂x = col2im(δ Wᵀ) —
     every window's gradient scattered back onto the pixels it read, the padding cropped.
     patches: im2col(x); w: (kh, kw, cin, cout); dy: (n, ho, wo, cout) → (dW, dx)."""
-    kh, kw, cin, cout = w.shape
-    n, ho, wo, _ = dy.shape
+    cout = w.shape[3]
     dy2 = dy.reshape(-1, cout)
     dw = (patches.T @ dy2).reshape(w.shape)
-    dpatches = (dy2 @ w.reshape(-1, cout).T).reshape(n, ho, wo, kh * kw, cin)
     padded_hw = tuple(size + lo + hi for size, (lo, hi) in zip(in_hw, pads))
-    dx = _window_unstack(dpatches, padded_hw, (kh, kw), strides)
+    dx = _col2im_by_kernel_rows(dy2, w, dy.shape[:3], padded_hw, strides)
     (top, _), (left, _) = pads
     return dw, dx[:, top:top + in_hw[0], left:left + in_hw[1]]
+
+
+def _col2im_by_kernel_rows(dy2, w, out_nhw, padded_hw, strides):
+    """col2im(δ Wᵀ) onto the padded input, one kernel row i per loop iteration:
+    dx[n, p·sh + i, q·sw + j, c] += Σ_d δ[n, p, q, d] · w[i, j, c, d] for every (p, q, j) — one
+    (n·ho·wo, cout) @ (cout, kw·cin) product, then kw shifted adds into rows i, i + sh, ….
+
+    The `fori_loop` is deliberate: XLA:CPU cannot fuse across it, so dx is computed once. As a
+    single kh·kw-term sum, XLA fused col2im into the next layer's max-pool routing and
+    recomputed it for every window entry (4× for a 2×2 pool): C's hand-written step took
+    35.7 ms that way, 34.7 ms this way (median of 14 alternating epochs, jax 0.10, 2 cores).
+    dy2: (n·ho·wo, cout); w: (kh, kw, cin, cout) → (n, h_pad, w_pad, cin)."""
+    kh, kw, cin, cout = w.shape
+    (n, ho, wo), (height, width), (sh, sw) = out_nhw, padded_hw, strides
+    zero = jnp.zeros((), dy2.dtype)
+
+    def add_kernel_row(i, dx):
+        w_row = lax.dynamic_index_in_dim(w, i, 0, keepdims=False).reshape(kw * cin, cout)
+        dpatches = (dy2 @ w_row.T).reshape(n, ho, wo, kw, cin)
+        rows = None
+        for j in range(kw):
+            config = [(0, 0, 0), (0, 0, sh - 1), (j, width - j - (wo - 1) * sw - 1, sw - 1),
+                      (0, 0, 0)]
+            part = lax.pad(dpatches[:, :, :, j], zero, config)
+            rows = part if rows is None else rows + part
+        span = (ho - 1) * sh + 1
+        updated = lax.dynamic_slice_in_dim(dx, i, span, 1) + rows
+        return lax.dynamic_update_slice_in_dim(dx, updated, i, 1)
+
+    return lax.fori_loop(0, kh, add_kernel_row, jnp.zeros((n, height, width, cin), dy2.dtype))
 
 
 def Conv2D(features: int, kernel, strides=1, padding: str = "VALID", w_init=initializers.he_normal,
