@@ -177,19 +177,13 @@ def _col2im_by_kernel_rows(dy2, w, out_nhw, padded_hw, strides):
     35.7 ms that way, 34.7 ms this way (median of 14 alternating epochs, jax 0.10, 2 cores).
     dy2: (n·ho·wo, cout); w: (kh, kw, cin, cout) → (n, h_pad, w_pad, cin)."""
     kh, kw, cin, cout = w.shape
-    (n, ho, wo), (height, width), (sh, sw) = out_nhw, padded_hw, strides
-    zero = jnp.zeros((), dy2.dtype)
+    (n, ho, wo), (height, width) = out_nhw, padded_hw
+    span = (ho - 1) * strides[0] + 1   # the padded rows one kernel row's windows reach
 
     def add_kernel_row(i, dx):
         w_row = lax.dynamic_index_in_dim(w, i, 0, keepdims=False).reshape(kw * cin, cout)
         dpatches = (dy2 @ w_row.T).reshape(n, ho, wo, kw, cin)
-        rows = None
-        for j in range(kw):
-            config = [(0, 0, 0), (0, 0, sh - 1), (j, width - j - (wo - 1) * sw - 1, sw - 1),
-                      (0, 0, 0)]
-            part = lax.pad(dpatches[:, :, :, j], zero, config)
-            rows = part if rows is None else rows + part
-        span = (ho - 1) * sh + 1
+        rows = _window_unstack(dpatches, (span, width), (1, kw), strides)
         updated = lax.dynamic_slice_in_dim(dx, i, span, 1) + rows
         return lax.dynamic_update_slice_in_dim(dx, updated, i, 1)
 
