@@ -67,12 +67,11 @@ def data_parallel(step, device_mesh: Mesh):
     """
     batch, full = batch_sharding(device_mesh), replicated(device_mesh)
 
-    def sharded_step(params, state, opt_state, x, y, key, **options):
+    def sharded_step(params, state, opt_state, x, y, key):
         check_batch_size(x.shape[0], device_mesh)
         x, y = jax.lax.with_sharding_constraint((x, y), batch)
-        params, state, opt_state, metrics = step(params, state, opt_state, x, y, key, **options)
+        params, state, opt_state, metrics = step(params, state, opt_state, x, y, key)
         params, state, opt_state = jax.lax.with_sharding_constraint((params, state, opt_state), full)
         return params, state, opt_state, metrics
 
-    sharded_step.samples_ratios = getattr(step, "samples_ratios", False)
     return sharded_step

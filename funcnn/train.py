@@ -108,10 +108,6 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
     `reduce_on_plateau`). metrics: "loss" (data loss), "accuracy" (classification only),
     "penalty", "update_ratio" (per leaf), "finite" (loss, gradients and new params finite).
 
-    `make_epoch` calls the step with `sample_ratios=` True or False: "update_ratio" is then the
-    stacked (leaves,) vector ‖u‖/‖θ‖ of the updates u (θ + u is the new θ), or NaN without
-    computing it.
-
     Mixed precision (off by default): with `compute_dtype=jnp.bfloat16` the forward and backward
     passes run on the parameters and inputs cast to bfloat16, the loss in float32; gradients
     come back in the parameters' dtype, and the optimizer state, the parameters and the layer
@@ -139,14 +135,12 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
         (_, (value, outputs, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
         return value, outputs, new_state, grads
 
-    def step(params, state, opt_state, x, y, key, *, sample_ratios=None):
+    def step(params, state, opt_state, x, y, key):
         value, outputs, new_state, grads = gradients(params, state, x, y, key)
         new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, state)
         updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
-        ratios = update_ratios(params, updates) if sample_ratios is None else \
-            _stacked_ratios(sample_ratios, params, updates)
         new_params = apply_updates(params, updates)
-        metrics = {"loss": value, "update_ratio": ratios,
+        metrics = {"loss": value, "update_ratio": update_ratios(params, updates),
                    "finite": all_finite(value, grads, new_params)}
         if regularizer is not None:
             metrics["penalty"] = regularizer(params)
@@ -155,7 +149,6 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
             metrics["accuracy"] = acc
         return new_params, new_state, opt_state, metrics
 
-    step.samples_ratios = True
     return step
 
 
@@ -171,12 +164,15 @@ class EpochCarry(NamedTuple):
 RATIO_EVERY = 8   # fit records ‖Δθ‖/‖θ‖ on every 8th step: it is a trend, not a per-step signal
 
 
-def _stacked_ratios(sample: bool, params, updates):
-    """‖update‖ / ‖param‖ of every leaf, stacked in leaf order (one buffer per step, not one per
-    leaf), when `sample`; NaN otherwise, without reading the updates."""
-    if not sample:
-        return jnp.full((len(jax.tree.leaves(params)),), jnp.nan, jnp.float32)
-    return jnp.stack([v.astype(jnp.float32) for v in update_ratios(params, updates).values()])
+def _ratio_row(sample, params, before):
+    """‖θ − θ_before‖ / ‖θ_before‖ of every leaf, stacked in leaf order (one buffer per step, not
+    one per leaf), when `sample`; NaN otherwise, without reading either tree."""
+    def ratios():
+        updates = jax.tree.map(jnp.subtract, params, before)
+        return jnp.stack([v.astype(jnp.float32) for v in update_ratios(before, updates).values()])
+
+    unsampled = lambda: jnp.full((len(jax.tree.leaves(params)),), jnp.nan, jnp.float32)
+    return jax.lax.cond(sample, ratios, unsampled)
 
 
 def _unstack_ratios(metrics, params):
@@ -187,25 +183,20 @@ def _unstack_ratios(metrics, params):
                                         for k, name in enumerate(leaf_paths(params))}}
 
 
-def _epoch_body(step, images, labels, epoch_key, augment, guard, sample: bool):
-    """Loop body: gather a batch, (augment,) step, with the update ratios when `sample`; with
-    `guard`, record the first non-finite step and keep the old values from it on (NaN metrics)."""
+def _epoch_body(step, images, labels, epoch_key, augment, guard):
+    """Loop body `body(carry, i, index, sample, before)`: gather batch `index`, (augment,) step
+    `i`; when `sample`, record ‖Δθ‖/‖θ‖ against the parameters `before` (the step's own
+    "update_ratio", if any, is dropped: XLA removes its dead code). With `guard`, record the
+    first non-finite step and keep the old values from it on (NaN metrics)."""
 
-    def body(carry: EpochCarry, inputs):
-        i, index = inputs
+    def body(carry: EpochCarry, i, index, sample, before):
         x, y = images[index], labels[index]
         key = jax.random.fold_in(epoch_key, i)
         if augment is not None:
             x = augment(jax.random.fold_in(key, 1), x)
-        step_key = jax.random.fold_in(key, 0)
-        if getattr(step, "samples_ratios", False):
-            params, state, opt_state, metrics = step(carry.params, carry.state, carry.opt_state,
-                                                     x, y, step_key, sample_ratios=sample)
-        else:   # any other step: the ratio from the parameters before and after
-            params, state, opt_state, metrics = step(carry.params, carry.state, carry.opt_state,
-                                                     x, y, step_key)
-            metrics["update_ratio"] = _stacked_ratios(
-                sample, carry.params, jax.tree.map(jnp.subtract, params, carry.params))
+        params, state, opt_state, metrics = step(carry.params, carry.state, carry.opt_state,
+                                                 x, y, jax.random.fold_in(key, 0))
+        metrics = {**metrics, "update_ratio": _ratio_row(sample, params, before)}
         finite = metrics.pop("finite")
         if not guard:   # the finite check is dead code here: XLA drops it
             return EpochCarry(params, state, opt_state, carry.bad_step), metrics
@@ -283,40 +274,33 @@ def _epoch_scan(step, batch_size, augment, guard):
     """`make_epoch`'s loop alone: the ratio rows stacked and, unguarded, bad_step left unset
     (`fit` finishes both on the host, keeping them out of the compiled program).
 
-    A `lax.scan` over segments of `RATIO_EVERY` steps: a step that samples the update ratios,
-    then a loop of up to RATIO_EVERY − 1 steps that do not (fewer in the last segment). The two
-    kinds of step are compiled apart because sampling in every step behind a `lax.cond` keeps
-    each update u and the old θ alive for the norms: two more passes over every weight per
-    step, 5 % of workload A's step and 7 % of B's (benchmarks/mlp.py), for a second compiled
-    copy of the step (about 0.5 s more compilation on A)."""
+    A loop over segments of `RATIO_EVERY` steps, each a loop over its steps (fewer in the last
+    segment), so the step is compiled once (compilation is most of the time to `fit`'s first
+    step). Each segment's first step records ‖Δθ‖/‖θ‖ against a copy of the parameters taken
+    before it: one copy per segment. Reading the step's own update u, or the parameters it
+    replaces, would keep both alive in every step: two more passes over every weight per step,
+    5 % of workload A's step and 7 % of B's (benchmarks/mlp.py)."""
 
     def scan(carry, images, labels, epoch_key, order=None):
         if order is None:
             order = _device_order(epoch_key, images.shape[0], batch_size)
         steps = order.shape[0]
-        sampled, plain = (_epoch_body(step, images, labels, epoch_key, augment, guard, sample)
-                          for sample in (True, False))
-        rest = RATIO_EVERY - 1
+        body = _epoch_body(step, images, labels, epoch_key, augment, guard)
+        row = jax.eval_shape(lambda c: body(c, 0, order[0], True, c.params)[1], carry)
+        rows = jax.tree.map(lambda r: jnp.zeros((steps, *r.shape), r.dtype), row)
 
-        def segment(carry, first):
-            carry, first_row = sampled(carry, (first, order[first]))
-            no_rows = jax.tree.map(lambda r: jnp.full((rest, *r.shape), jnp.nan, r.dtype),
-                                   first_row)   # the plain steps' rows have the same shapes
+        def segment(k, loop):
+            first, before = k * RATIO_EVERY, loop[0].params
 
-            def next_step(j, loop):
+            def next_step(i, loop):
                 carry, rows = loop
-                carry, step_row = plain(carry, (first + 1 + j, order[first + 1 + j]))
-                return carry, jax.tree.map(lambda rs, r: rs.at[j].set(r), rows, step_row)
+                carry, step_row = body(carry, i, order[i], i == first, before)
+                return carry, jax.tree.map(lambda rs, r: rs.at[i].set(r), rows, step_row)
 
-            count = jnp.minimum(rest, steps - 1 - first)
-            carry, rows = jax.lax.fori_loop(0, count, next_step, (carry, no_rows))
-            return carry, (first_row, rows)
+            return jax.lax.fori_loop(first, jnp.minimum(first + RATIO_EVERY, steps), next_step,
+                                     loop)
 
-        carry, (firsts, rests) = jax.lax.scan(segment, carry,
-                                              jnp.arange(0, steps, RATIO_EVERY))
-        interleave = lambda f, r: jnp.concatenate([f[:, None], r], axis=1) \
-            .reshape(-1, *f.shape[1:])[:steps]
-        return carry, jax.tree.map(interleave, firsts, rests)
+        return jax.lax.fori_loop(0, -(-steps // RATIO_EVERY), segment, (carry, rows))
 
     return scan
 
@@ -324,16 +308,16 @@ def _epoch_scan(step, batch_size, augment, guard):
 def _make_streaming_epoch(step, batch_size, augment, guard):
     """Same arithmetic as the scan, one compiled step per host batch, for data too big to hold."""
 
-    @functools.partial(jax.jit, static_argnames="sample")
+    @jax.jit
     def one(carry, x, y, epoch_key, i, sample):
-        body = _epoch_body(step, x, y, epoch_key, augment, guard, sample)
-        return body(carry, (i, jnp.arange(x.shape[0])))
+        body = _epoch_body(step, x, y, epoch_key, augment, guard)
+        return body(carry, i, jnp.arange(x.shape[0]), sample, carry.params)
 
     def epoch(carry, images, labels, epoch_key, order):
         collected = []
         for i, index in enumerate(order):
             carry, metrics = one(carry, images[index], labels[index], epoch_key, i,
-                                 sample=i % RATIO_EVERY == 0)
+                                 i % RATIO_EVERY == 0)
             collected.append(metrics)
         return carry, jax.tree.map(lambda *m: np.stack(m), *collected)
 
