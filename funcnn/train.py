@@ -286,6 +286,7 @@ def _epoch_scan(step, batch_size, augment, guard):
             order = _device_order(epoch_key, images.shape[0], batch_size)
         steps = order.shape[0]
         body = _epoch_body(step, images, labels, epoch_key, augment, guard)
+        # One step's metric shapes (a trace, nothing runs), for the (steps, ...) metric rows.
         row = jax.eval_shape(lambda c: body(c, 0, order[0], True, c.params)[1], carry)
         rows = jax.tree.map(lambda r: jnp.zeros((steps, *r.shape), r.dtype), row)
 
