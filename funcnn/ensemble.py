@@ -74,12 +74,15 @@ def init(model, key, in_shape, members: int):
 
 def fit(model, loss, optimizer, train: Sequence, *, members: int, epochs: int, batch_size: int,
         key, validation: Sequence | None = None, regularizer=None, hand_written: bool = False,
-        augment: Callable | None = None, progress: bool = True) -> EnsembleResult:
+        augment: Callable | None = None, progress: bool = True,
+        from_logits: bool = True) -> EnsembleResult:
     """Train `members` models at once: each epoch is one jitted `vmap` of `fn.train.make_epoch`.
 
     Member i uses key_i = split(key, members)[i] as `fn.train.fit(key=key_i)` does (init from
     split(key_i)[0], epoch e shuffled by fold_in(split(key_i)[1], e)), so members differ in
     initialisation and batch order. A non-finite step raises `fn.train.TrainingDiverged`.
+    The validation scores average the members' probabilities: softmax of their outputs, or
+    the outputs themselves when `from_logits=False` (models ending in a softmax).
     """
     x, y = train
     if members < 1:
@@ -110,7 +113,8 @@ def fit(model, loss, optimizer, train: Sequence, *, members: int, epochs: int, b
         _log_epoch(history, metrics)
         result = EnsembleResult(carry.params, carry.state, carry.opt_state, history, members)
         if validation is not None:
-            scores = evaluate(model, loss, carry.params, carry.state, validation)
+            scores = evaluate(model, loss, carry.params, carry.state, validation,
+                              from_logits=from_logits)
             for name, value in scores.items():
                 history.setdefault(_VAL_NAMES[name], []).append(value)
         history["epoch_time"].append(time.perf_counter() - start)

@@ -61,6 +61,24 @@ class EarlyStopping:
     mode: str | None = None
     restore_best: bool = True
 
+    def __post_init__(self):
+        if self.mode not in (None, "min", "max"):
+            raise ValueError(f"EarlyStopping: expected mode None, 'min' or 'max', received "
+                             f"{self.mode!r}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) \
+                or self.patience < 1:
+            raise ValueError(f"EarlyStopping: expected a patience of at least 1 epoch (an int), "
+                             f"received {self.patience!r}")
+
+    def monitored(self, history: dict) -> list:
+        """The monitored metric's values, one per epoch, from a `fit` history."""
+        if self.monitor not in history:
+            known = ", ".join(sorted(k for k in history if k not in ("update_ratio",
+                                                                      "epoch_time")))
+            raise ValueError(f"EarlyStopping: monitor {self.monitor!r} is not in the history; "
+                             f"expected one of: {known}")
+        return history[self.monitor]
+
     def better(self, value: float, best: float) -> bool:
         mode = self.mode or ("max" if "accuracy" in self.monitor else "min")
         return value > best + self.min_delta if mode == "max" else value < best - self.min_delta
@@ -72,8 +90,9 @@ class EarlyStopping:
 
 def accuracy(outputs, targets):
     """Fraction of rows whose arg-max output is the label (int ids, or the arg-max of rows);
-    None when the outputs are not (batch, classes) scores."""
-    if outputs.ndim != 2:
+    None when the outputs are not (batch, classes ≥ 2) scores — a single output column's
+    arg-max is always 0, so it says nothing."""
+    if outputs.ndim != 2 or outputs.shape[1] < 2:
         return None
     if targets.ndim == 1 and jnp.issubdtype(targets.dtype, jnp.integer):
         return jnp.mean(jnp.argmax(outputs, axis=-1) == targets)
@@ -106,7 +125,8 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
     rules (`fn.backprop`). A `regularizer(params)` is added to the objective (its hand-written
     `.grad` on the hand-written path). The optimizer receives `value=loss` (for
     `reduce_on_plateau`). metrics: "loss" (data loss), "accuracy" (classification only),
-    "penalty", "update_ratio" (per leaf), "finite" (loss, gradients and new params finite).
+    "penalty", "update_ratio" (per leaf), "finite" (loss, gradients, new parameters,
+    optimizer state and layer state all finite).
 
     Mixed precision (off by default): with `compute_dtype=jnp.bfloat16` the forward and backward
     passes run on the parameters and inputs cast to bfloat16, the loss in float32; gradients
@@ -141,7 +161,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
         updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
         new_params = apply_updates(params, updates)
         metrics = {"loss": value, "update_ratio": update_ratios(params, updates),
-                   "finite": all_finite(value, grads, new_params)}
+                   "finite": all_finite(value, grads, new_params, opt_state, new_state)}
         if regularizer is not None:
             metrics["penalty"] = regularizer(params)
         acc = accuracy(outputs, y)
@@ -390,6 +410,9 @@ def _compiled_totals(model, loss):
 
 def predict(model, params, state, x, *, batch_size=1000):
     """Model outputs in evaluation mode (train=False), computed in batches."""
+    _check_count("predict", "batch_size", batch_size)
+    if len(x) == 0:
+        raise ValueError("predict: expected at least one input, received none")
     run = _compiled_outputs(model)
     return jnp.concatenate(_batched(lambda xb: run(params, state, xb), (jnp.asarray(x),),
                                     batch_size))
@@ -398,6 +421,11 @@ def predict(model, params, state, x, *, batch_size=1000):
 def evaluate(model, loss, params, state, data, *, batch_size=1000) -> dict:
     """Mean loss (and accuracy for classification) over `data = (x, y)`, in evaluation mode."""
     x, y = (jnp.asarray(a) for a in data)
+    _check_count("evaluate", "batch_size", batch_size)
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"evaluate: expected as many targets as inputs (at least one), received "
+                         f"{len(x)} inputs and {len(y)} targets")
+    _check_labels("evaluate", model, x, y)
     totals = _compiled_totals(model, loss)
     parts = _batched(lambda xb, yb: totals(params, state, xb, yb), (x, y), batch_size)
     n = x.shape[0]
@@ -412,23 +440,99 @@ def evaluate(model, loss, params, state, data, *, batch_size=1000) -> dict:
 # fit.
 
 
-def _save(path, result: FitResult, key):
-    checkpoint.save(path, {"params": result.params, "state": result.state,
-                           "opt_state": result.opt_state, "epoch": result.epoch, "key": key,
-                           "history": json.dumps(result.history)})
+def _save(path, result: FitResult, key, best: FitResult | None):
+    """An atomic checkpoint of `result`; with `best` (early stopping's best epoch, when it is not
+    `result`'s), that epoch's trees too, so a resumed run can still restore them."""
+    tree = {"params": result.params, "state": result.state, "opt_state": result.opt_state,
+            "epoch": result.epoch, "key": key, "history": json.dumps(result.history)}
+    if best is not None:
+        tree["best"] = {"params": best.params, "state": best.state, "opt_state": best.opt_state,
+                        "epoch": best.epoch}
+    checkpoint.save(path, tree)
 
 
 def _resume(path, params, state, opt_state, key):
-    like = {"params": params, "state": state, "opt_state": opt_state, "epoch": 0, "key": key,
-            "history": ""}
+    """The checkpointed FitResult, and early stopping's stored best epoch (a FitResult) or None."""
+    trees = {"params": params, "state": state, "opt_state": opt_state}
+    like = {**trees, "epoch": 0, "key": key, "history": ""}
+    if "best" in checkpoint.load(path):
+        like["best"] = {**trees, "epoch": 0}
     stored = checkpoint.load(path, like=like)
     restored_key = stored["key"]
     if not np.array_equal(jax.random.key_data(restored_key), jax.random.key_data(key)):
         raise ValueError(f"fit: the checkpoint {path} was written by a run with another key; "
                          f"pass the same key to resume it")
     as_jax = lambda tree: jax.tree.map(jnp.asarray, tree)
-    return FitResult(as_jax(stored["params"]), as_jax(stored["state"]),
-                     as_jax(stored["opt_state"]), json.loads(stored["history"]), stored["epoch"])
+    history = json.loads(stored["history"])
+    rebuild = lambda entry: FitResult(as_jax(entry["params"]), as_jax(entry["state"]),
+                                      as_jax(entry["opt_state"]), history, entry["epoch"])
+    return rebuild(stored), (rebuild(stored["best"]) if "best" in stored else None)
+
+
+class _Best(NamedTuple):
+    """Early stopping's record: the best monitored value, its epoch and that epoch's result."""
+
+    value: float
+    epoch: int
+    result: FitResult | None
+
+
+def _replay_early_stopping(early_stopping: EarlyStopping, result: FitResult,
+                           stored_best: FitResult | None) -> tuple[_Best | None, bool]:
+    """Early stopping's state after a resumed run's epochs, rebuilt from its history: the best
+    epoch so far and whether the run had already stopped."""
+    best, stopped = None, False
+    for epoch, value in enumerate(early_stopping.monitored(result.history), start=1):
+        if best is None or early_stopping.better(value, best.value):
+            best = _Best(value, epoch, None)
+        stopped = epoch - best.epoch >= early_stopping.patience
+    if best is not None:
+        at_best = result if best.epoch == result.epoch else stored_best
+        best = best._replace(result=at_best)
+    return best, stopped
+
+
+def _restored(early_stopping: EarlyStopping | None, best: _Best | None, result: FitResult):
+    """`result`, or with `restore_best` the best epoch's trees and epoch (`result`'s history)."""
+    if early_stopping is None or not early_stopping.restore_best or best is None \
+            or best.result is None:
+        return result
+    return best.result._replace(history=result.history)
+
+
+def _check_labels(name: str, model, x, y) -> None:
+    """Raise unless int class labels y lie in [0, classes) for a model with (batch, classes)
+    outputs: under jit a loss cannot check them, and an out-of-range id silently scores 0."""
+    if not (np.ndim(y) == 1 and jnp.issubdtype(jnp.result_type(y), jnp.integer)):
+        return
+    out_shape = _output_shape(model, tuple(np.shape(x)[1:]), jnp.result_type(x))
+    if out_shape is None or len(out_shape) != 2 or len(y) == 0:
+        return
+    classes = out_shape[1]
+    low, high = int(jnp.min(y)), int(jnp.max(y))
+    if low < 0 or high >= classes:
+        raise ValueError(f"{name}: expected int class labels in [0, {classes}) for the model's "
+                         f"{classes} outputs, received labels from {low} to {high}")
+
+
+def _output_shape(model, in_shape: tuple, dtype):
+    """The model's output shape for a batch of 2 inputs (a trace, nothing runs), or None when the
+    model cannot say; cached per model and input when the model is hashable."""
+    try:
+        return _cached_output_shape(model, in_shape, dtype)
+    except TypeError:   # an unhashable model
+        return _output_shape_of(model, in_shape, dtype)
+
+
+def _output_shape_of(model, in_shape, dtype):
+    params, state = jax.eval_shape(lambda key: model.init(key, in_shape), jax.random.key(0))
+    x = jax.ShapeDtypeStruct((2, *in_shape), dtype)
+    outputs = jax.eval_shape(lambda p, s, xb: model.apply(p, s, xb, train=False)[0],
+                             params, state, x)
+    return getattr(outputs, "shape", None)
+
+
+_cached_output_shape = functools.lru_cache(maxsize=32)(_output_shape_of)
 
 
 def _nbytes(array) -> int:
@@ -473,23 +577,33 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     if len(x) != len(y):
         raise ValueError(f"fit: expected as many targets as inputs, received {len(x)} inputs and "
                          f"{len(y)} targets")
-    if not 0 < batch_size <= len(x):
-        raise ValueError(f"fit: expected 0 < batch_size ≤ {len(x)} training examples, received "
-                         f"{batch_size}")
+    _check_count("fit", "batch_size", batch_size, (len(x), "the training examples"))
+    _check_count("fit", "checkpoint_every", checkpoint_every)
     if early_stopping is not None and early_stopping.monitor.startswith("val_") and validation is None:
         raise ValueError(f"fit: early_stopping monitors {early_stopping.monitor!r}, which needs "
                          f"validation=(x, y)")
+    _check_labels("fit", model, x, y)
+    if validation is not None:
+        if len(validation[0]) != len(validation[1]):
+            raise ValueError(f"fit: expected as many validation targets as inputs, received "
+                             f"{len(validation[0])} inputs and {len(validation[1])} targets")
+        _check_labels("fit (validation)", model, validation[0], validation[1])
     init_key, train_key = jax.random.split(key)
-    if params is None:
-        params, fresh_state = jax.jit(model.init, static_argnums=1)(init_key,
-                                                                     tuple(np.shape(x)[1:]))
+    if params is None or state is None:   # given params without state: the layers' fresh state
+        fresh_params, fresh_state = jax.jit(model.init, static_argnums=1)(
+            init_key, tuple(np.shape(x)[1:]))
+        params = fresh_params if params is None else params
         state = fresh_state if state is None else state
     opt_state = optimizer.init(params) if opt_state is None else opt_state
 
     history: dict = {"loss": [], "update_ratio": [], "epoch_time": []}
-    result = FitResult(params, state, opt_state, history, 0)
+    result, best, stopped = FitResult(params, state, opt_state, history, 0), None, False
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-        result = _resume(checkpoint_path, params, state, opt_state, key)
+        result, stored_best = _resume(checkpoint_path, params, state, opt_state, key)
+        if early_stopping is not None:
+            best, stopped = _replay_early_stopping(early_stopping, result, stored_best)
+            if stopped:   # the checkpointed run had stopped early: it is finished
+                return _restored(early_stopping, best, result)
 
     place = lambda tree: tree
     if mesh is not None:
@@ -502,7 +616,6 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
                      augment, mesh, streaming)
     run_epoch = _epoch_runner(*configuration, False)
 
-    best = None
     for epoch in range(result.epoch + 1, epochs + 1):
         start = time.perf_counter()
         epoch_key = jax.random.fold_in(train_key, epoch)
@@ -511,7 +624,8 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         start_carry = place(EpochCarry(result.params, result.state, result.opt_state,
                                        jnp.array(-1, jnp.int32)))   # not donated: reusable
         carry, metrics = run_epoch(start_carry, images, labels, epoch_key, order)
-        diverged = int(carry.bad_step) >= 0 or not _host_finite(carry.params, carry.opt_state)
+        diverged = int(carry.bad_step) >= 0 or not _host_finite(carry.params, carry.state,
+                                                                carry.opt_state)
         if diverged:  # replay the epoch guarded: stop at the last good values
             carry, metrics = _epoch_runner(*configuration, True)(start_carry, images, labels,
                                                                   epoch_key, order)
@@ -527,26 +641,49 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         history["epoch_time"].append(elapsed)
         result = FitResult(carry.params, carry.state, carry.opt_state, history, epoch)
         if bad_step >= 0:
+            rows = _nonfinite_rows(images, np.asarray(order)[bad_step])
+            cause = "" if not rows else (f"; the inputs x[{rows[0]}]" + (
+                f" and {len(rows) - 1} more of that batch" if len(rows) > 1 else "") +
+                " are not finite: clean the data")
             raise TrainingDiverged(
-                f"fit: non-finite loss, gradient or parameter at epoch {epoch}, step "
-                f"{bad_step + 1} of {len(x) // batch_size}; training stopped and the last finite "
-                f"parameters (before that step) are in .result", result)
+                f"fit: non-finite loss, gradient, parameter or state at epoch {epoch}, step "
+                f"{bad_step + 1} of {len(x) // batch_size}{cause}; training stopped and the last "
+                f"finite parameters (before that step) are in .result", result)
         if progress:
             _print_progress(epoch, epochs, history, (len(x) // batch_size) * batch_size / elapsed)
-        if checkpoint_path is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
-            _save(checkpoint_path, result, key)
         if early_stopping is not None:
-            value = history[early_stopping.monitor][-1]
-            if best is None or early_stopping.better(value, best[0]):
-                best = (value, epoch, result)
-            elif epoch - best[1] >= early_stopping.patience:
-                if early_stopping.restore_best:
-                    result = best[2]._replace(history=history)
-                break
-        if any(callback(epoch, {k: v[-1] for k, v in history.items()}, result)
-               for callback in callbacks):
+            value = early_stopping.monitored(history)[-1]
+            if best is None or early_stopping.better(value, best.value):
+                best = _Best(value, epoch, result)
+            stopped = epoch - best.epoch >= early_stopping.patience
+        stopped = stopped or any(callback(epoch, {k: v[-1] for k, v in history.items()}, result)
+                                 for callback in callbacks)
+        if checkpoint_path is not None and (epoch % checkpoint_every == 0 or epoch == epochs
+                                            or stopped):
+            keep_best = early_stopping is not None and early_stopping.restore_best \
+                and best.epoch != epoch
+            _save(checkpoint_path, result, key, best.result if keep_best else None)
+        if stopped:
             break
-    return result
+    return _restored(early_stopping, best, result)
+
+
+def _nonfinite_rows(images, rows) -> list[int]:
+    """The example indices among `rows` whose inputs hold NaN or ±inf."""
+    batch = np.asarray(images[rows] if isinstance(images, np.ndarray) else
+                       jnp.take(images, jnp.asarray(rows), axis=0))
+    if not np.issubdtype(batch.dtype, np.inexact):
+        return []
+    bad = ~np.isfinite(batch.reshape(len(rows), -1)).all(axis=1)
+    return [int(r) for r in np.asarray(rows)[bad]]
+
+
+def _check_count(name: str, what: str, value, most: tuple[int, str] | None = None) -> None:
+    """Raise unless `value` is an int ≥ 1 (and ≤ `most`, a (bound, what the bound is) pair)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1 \
+            or (most is not None and value > most[0]):
+        bound = f"an int in [1, {most[0]}] ({most[1]})" if most else "an int ≥ 1"
+        raise ValueError(f"{name}: expected {what} to be {bound}, received {value!r}")
 
 
 def _print_progress(epoch, epochs, history, samples_per_second):

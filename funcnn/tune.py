@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import warnings
 from typing import Callable, NamedTuple, Sequence
 
@@ -91,7 +92,7 @@ def sample(space: dict, key, n: int) -> dict:
         k = jax.random.fold_in(key, j)
         if isinstance(dist, Choice):
             index = np.asarray(jax.random.randint(k, (n,), 0, len(dist.options)))
-            drawn[name] = np.asarray([dist.options[i] for i in index])
+            drawn[name] = _column([dist.options[i] for i in index])
         elif isinstance(dist, (LogUniform, Uniform)):
             u = np.asarray(jax.random.uniform(k, (n,), jnp.float32), np.float64)
             if isinstance(dist, LogUniform):
@@ -103,6 +104,21 @@ def sample(space: dict, key, n: int) -> dict:
             raise TypeError(f"sample: dimension {name!r} is {dist!r}; expected log_uniform, "
                             f"uniform or choice")
     return drawn
+
+
+def _column(values: list) -> np.ndarray:
+    """The trials' values of one dimension: a numeric array when every value is a number (so a
+    vectorized objective can take it), else an object array holding the values unchanged."""
+    if all(isinstance(v, (numbers.Number, np.number)) for v in values):
+        return np.asarray(values)
+    column = np.empty(len(values), object)
+    column[:] = values
+    return column
+
+
+def _python(value):
+    """A trial's value as a Python scalar (numbers), or the option itself (tuples, strings)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +139,7 @@ class SearchResult(NamedTuple):
     @property
     def best(self) -> dict:
         """The hyper-parameters of the best trial, as Python scalars."""
-        return {name: values[self.best_index].item() for name, values in self.configs.items()}
+        return {name: _python(values[self.best_index]) for name, values in self.configs.items()}
 
     @property
     def best_score(self) -> float:
@@ -132,7 +148,7 @@ class SearchResult(NamedTuple):
     def trials(self) -> list[dict]:
         """Every trial as {name: value, ..., "score": s}, best first."""
         order = np.argsort(self.scores, kind="stable")
-        return [{**{n: v[i].item() for n, v in self.configs.items()},
+        return [{**{n: _python(v[i]) for n, v in self.configs.items()},
                  "score": float(self.scores[i])} for i in order]
 
     def __str__(self):
@@ -146,13 +162,21 @@ class SearchResult(NamedTuple):
 def _evaluate(objective, configs: dict, vectorized: bool) -> np.ndarray:
     n = len(next(iter(configs.values())))
     if vectorized:
+        for name, values in configs.items():
+            if values.dtype == object:
+                raise ValueError(f"search: dimension {name!r} has non-numeric options "
+                                 f"({_python(values[0])!r}, ...); a vectorized objective takes "
+                                 f"numbers only: use vectorized=False")
         scores = np.asarray(objective({k: jnp.asarray(v) for k, v in configs.items()}), np.float64)
         if scores.shape != (n,):
             raise ValueError(f"search: a vectorized objective must return one score per trial, "
                              f"shape ({n},); received {scores.shape}")
     else:
-        scores = np.asarray([float(objective({k: v[i].item() for k, v in configs.items()}))
+        scores = np.asarray([float(objective({k: _python(v[i]) for k, v in configs.items()}))
                              for i in range(n)], np.float64)
+    if not np.isfinite(scores).any():
+        warnings.warn(f"search: all {n} trials scored NaN or ±inf; the 'best' trial is arbitrary",
+                      stacklevel=3)
     return np.where(np.isfinite(scores), scores, np.inf)
 
 
@@ -171,7 +195,7 @@ def grid_search(objective: Callable, grid: dict, *, vectorized: bool = False) ->
     """Every combination of the values in `grid` ({name: sequence of values}), in product order."""
     names = list(grid)
     rows = list(itertools.product(*(list(grid[n]) for n in names)))
-    configs = {n: np.asarray([row[j] for row in rows]) for j, n in enumerate(names)}
+    configs = {n: _column([row[j] for row in rows]) for j, n in enumerate(names)}
     return SearchResult(configs, _evaluate(objective, configs, vectorized), None)
 
 
@@ -197,7 +221,7 @@ def boundary_warnings(result: SearchResult, space: dict | None = None,
 def _narrow(dist, values: np.ndarray, pad: float):
     """The span of the top trials' values, padded by `pad` of the current range's width."""
     if isinstance(dist, Choice):
-        kept = tuple(o for o in dist.options if any(np.asarray(values == o).ravel()))
+        kept = tuple(o for o in dist.options if any(bool(np.all(v == o)) for v in values))
         return Choice(kept or dist.options)
     log = isinstance(dist, LogUniform)
     f = np.log if log else (lambda v: v)

@@ -76,6 +76,21 @@ def test_ensemble_prediction_is_the_mean_of_member_probabilities(digits, trained
     assert scores["ensemble_accuracy"] >= scores["accuracy"]
 
 
+def test_fit_scores_probability_outputs_with_from_logits_false(digits):
+    """A model ending in a softmax: the recorded ensemble validation loss is −mean ln p̄_y of the
+    members' own probabilities, as `evaluate(from_logits=False)` computes it."""
+    train, validation = digits
+    model = nn.serial(nn.Flatten(), nn.Dense(10), nn.Softmax())
+    result = fn.ensemble.fit(model, fn.losses.log_likelihood, fn.optim.sgd(0.1), train,
+                             members=2, epochs=1, batch_size=32, key=jax.random.key(0),
+                             validation=validation, progress=False, from_logits=False)
+    outputs = np.asarray(fn.ensemble.predict(model, result.params, result.state,
+                                             validation[0]), np.float64)
+    mean = outputs.mean(axis=0)
+    expected = -np.mean(np.log(mean[np.arange(len(validation[1])), validation[1]]))
+    assert result.history["ensemble_val_loss"][-1] == pytest.approx(expected, rel=1e-4)
+
+
 def test_polyak_and_ema_averages_match_numpy():
     # Iterates of SGD on f(p) = ½‖p‖²: p_{t+1} = (1 − α) p_t; average them by hand.
     alpha, steps, start = 0.1, 12, 4

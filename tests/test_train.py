@@ -278,11 +278,106 @@ def test_augmentation_is_applied_per_batch(spiral):
 
 
 def test_bad_arguments(spiral):
-    (x, y), _ = spiral
+    (x, y), validation = spiral
     with pytest.raises(ValueError, match="expected as many targets as inputs"):
         _fit((x, y[:-1]))
-    with pytest.raises(ValueError, match=r"expected 0 < batch_size ≤ 300"):
-        _fit((x, y), batch_size=301)
+    for size in (301, 0, 30.0):
+        with pytest.raises(ValueError, match=r"expected batch_size to be an int in \[1, 300\]"):
+            _fit((x, y), batch_size=size)
+    with pytest.raises(ValueError, match="expected checkpoint_every to be an int ≥ 1"):
+        _fit((x, y), checkpoint_every=0)
+    with pytest.raises(ValueError, match="expected as many validation targets"):
+        _fit((x, y), validation=(validation[0], validation[1][:-1]))
+    with pytest.raises(ValueError, match="expected mode None, 'min' or 'max'"):
+        fn.train.EarlyStopping(mode="maximum")
+    with pytest.raises(ValueError, match="expected a patience of at least 1"):
+        fn.train.EarlyStopping(patience=0)
+    with pytest.raises(ValueError, match=r"'val_acc' is not in the history; expected one of: "
+                                         r"accuracy, loss, val_accuracy, val_loss"):
+        _fit((x, y), validation=validation, early_stopping=fn.train.EarlyStopping("val_acc"))
+
+
+def test_out_of_range_labels_are_refused_before_training(spiral):
+    """Under jit a loss cannot check its labels: an id ≥ classes would silently score 0."""
+    (x, y), (xv, yv) = spiral
+    message = r"expected int class labels in \[0, 3\) for the model's 3 outputs, received " \
+              r"labels from {} to {}"
+    with pytest.raises(ValueError, match="fit: " + message.format(1, 3)):
+        _fit((x, y + 1))
+    with pytest.raises(ValueError, match=r"fit \(validation\): " + message.format(-1, 1)):
+        _fit((x, y), validation=(xv, yv - 1))
+    params, state = _model().init(jax.random.key(0), (2,))
+    with pytest.raises(ValueError, match="evaluate: " + message.format(0, 5)):
+        fn.train.evaluate(_model(), LOSS, params, state, (xv, yv.at[0].set(5)
+                                                          if hasattr(yv, "at") else
+                                                          np.where(np.arange(len(yv)) == 0, 5, yv)))
+    with pytest.raises(ValueError, match="expected batch_size to be an int ≥ 1"):
+        fn.train.evaluate(_model(), LOSS, params, state, (xv, yv), batch_size=-1)
+    with pytest.raises(ValueError, match="expected as many targets as inputs"):
+        fn.train.evaluate(_model(), LOSS, params, state, (xv, yv[:-1]))
+
+
+def test_accuracy_needs_two_or_more_output_columns():
+    """One column's arg-max is always 0: such "accuracy" would be 1.0 whatever the model."""
+    assert fn.train.accuracy(jnp.array([[0.3], [-2.0]]), jnp.array([[1.0], [1.0]])) is None
+    assert fn.train.accuracy(jnp.array([[0.3, 0.1], [-2.0, 1.0]]), jnp.array([0, 0])) == 0.5
+
+
+def test_non_finite_optimizer_state_is_divergence(spiral):
+    """Adam's second moment overflows (g² > 3.4e38) while the parameters stay finite (its step
+    m̂/√v̂ becomes 0): the run stops instead of training on with an inf state."""
+    (x, y), _ = spiral
+    opt = fn.optim.adam(1e-3)
+    with pytest.raises(fn.train.TrainingDiverged, match=r"epoch 1, step \d+ of 10") as error:
+        fn.train.fit(_model(), LOSS, opt, (x * 1e21, y), epochs=2, batch_size=30,
+                     key=jax.random.key(0), progress=False)
+    chex.assert_tree_all_finite(error.value.result.opt_state)
+
+
+def test_non_finite_inputs_are_named_in_the_divergence(spiral):
+    (x, y), _ = spiral
+    x = np.array(x)
+    x[17] = np.nan
+    with pytest.raises(fn.train.TrainingDiverged, match=r"the inputs x\[17\] are not finite"):
+        _fit((x, y))
+
+
+def _loss_peak_stopping(**options):
+    """Early stopping on the training loss in "max" mode: it falls after the first epochs, so
+    the best epoch is early and patience runs out — a deterministic early stop."""
+    return fn.train.EarlyStopping(monitor="loss", mode="max", patience=2, **options)
+
+
+def test_early_stopping_restores_the_best_epoch(spiral):
+    train, _ = spiral
+    result = _fit(train, epochs=20, early_stopping=_loss_peak_stopping())
+    losses = result.history["loss"]
+    best = int(np.argmax(losses)) + 1
+    assert len(losses) == best + 2 and result.epoch == best
+    chex.assert_trees_all_equal(result.params, _fit(train, epochs=best).params)
+    # Patience not run out by the last epoch: the best epoch is restored all the same.
+    ended = _fit(train, epochs=best + 1, early_stopping=_loss_peak_stopping())
+    assert ended.epoch == best and len(ended.history["loss"]) == best + 1
+    chex.assert_trees_all_equal(ended.params, result.params)
+    kept = _fit(train, epochs=best + 1, early_stopping=_loss_peak_stopping(restore_best=False))
+    assert kept.epoch == best + 1
+
+
+def test_resumed_early_stopping_is_the_uninterrupted_run(spiral, tmp_path):
+    train, _ = spiral
+    straight = _fit(train, epochs=20, early_stopping=_loss_peak_stopping())
+    path = tmp_path / "run.ckpt"
+    _fit(train, epochs=straight.epoch + 1, early_stopping=_loss_peak_stopping(),
+         checkpoint_path=path)   # interrupted one epoch before the stop
+    resumed = _fit(train, epochs=20, early_stopping=_loss_peak_stopping(), checkpoint_path=path,
+                   resume=True)
+    assert resumed.epoch == straight.epoch and resumed.history["loss"] == straight.history["loss"]
+    chex.assert_trees_all_equal(resumed.params, straight.params)
+    # The checkpoint now records a stopped run: resuming it again trains nothing.
+    again = _fit(train, epochs=20, early_stopping=_loss_peak_stopping(), checkpoint_path=path,
+                 resume=True)
+    assert again.history["loss"] == straight.history["loss"]
+    chex.assert_trees_all_equal(again.params, straight.params)
 
 
 def test_reduce_on_plateau_is_fed_the_loss_by_fit(spiral):

@@ -61,6 +61,36 @@ def test_grid_search_visits_the_product_and_finds_the_minimum():
                                [1e-3] * 2 + [1e-2] * 2 + [1e-1] * 2)
 
 
+def test_choices_of_tuples_and_strings_reach_the_objective_unchanged():
+    """Layer sizes as tuples and activation names as strings: a loop objective sees the options
+    themselves (not numpy's 2-D array or string casts); a vectorized one is refused by name."""
+    seen = []
+
+    def objective(config):
+        seen.append(config)
+        return sum(config["sizes"]) + (config["activation"] == "tanh")
+
+    space = {"sizes": fn.tune.choice((32, 32), (64,), (16, 8)),
+             "activation": fn.tune.choice("relu", "tanh")}
+    result = fn.tune.random_search(objective, space, key=jax.random.key(0), trials=12)
+    assert all(isinstance(c["sizes"], tuple) and c["activation"] in ("relu", "tanh")
+               for c in seen)
+    assert result.best == {"sizes": (16, 8), "activation": "relu"}
+    grid = fn.tune.grid_search(objective, {"sizes": [(32, 32), (40,)], "activation": ["relu"]})
+    assert grid.best == {"sizes": (40,), "activation": "relu"} and grid.best_score == 40
+    with pytest.raises(ValueError, match="dimension 'activation' has non-numeric options"):
+        fn.tune.random_search(lambda c: c["activation"], {"activation": space["activation"]},
+                              key=jax.random.key(0), trials=2, vectorized=True)
+    rounds = fn.tune.coarse_to_fine(objective, space, key=jax.random.key(0), rounds=2,
+                                    trials=8, top=2)
+    assert rounds.best["sizes"] in space["sizes"].options
+
+
+def test_a_search_whose_every_trial_failed_warns():
+    with pytest.warns(UserWarning, match="all 2 trials scored NaN or ±inf"):
+        fn.tune.grid_search(lambda config: float("nan"), {"a": [1, 2]})
+
+
 def test_random_search_vectorized_equals_the_loop():
     space = {"learning_rate": fn.tune.log_uniform(1e-4, 1.0),
              "momentum": fn.tune.uniform(0.5, 0.99)}
