@@ -121,7 +121,7 @@ def fit(model, loss, optimizer, train: Sequence, *, members: int, epochs: int, b
         if np.any(bad >= 0):
             which = [int(i) for i in np.nonzero(bad >= 0)[0]]
             raise _train.TrainingDiverged(
-                f"ensemble.fit: non-finite loss, gradient or parameter at epoch {epoch} in "
+                f"ensemble.fit: non-finite loss, gradient, parameter or state at epoch {epoch} in "
                 f"member(s) {which}; .result holds the last finite parameters", result)
         if progress:
             parts = [f"epoch {epoch}/{epochs}", f"loss {history['loss'][-1]:.4f}"]

@@ -5,9 +5,9 @@
 
 `fit` keeps the training data on the device and runs each epoch as one compiled scan over
 shuffled index batches (a streaming path feeds batches from the host when the data is larger
-than `max_device_bytes`). A step whose loss, gradients or new parameters are not finite is not
-applied: the epoch finishes as no-ops, and `fit` raises `TrainingDiverged` naming the epoch and
-step, with `.result` holding the last good parameters.
+than `max_device_bytes`). A step whose loss, gradients, new parameters or new states are not
+finite is not applied: the epoch finishes as no-ops, and `fit` raises `TrainingDiverged` naming
+the epoch and step, with `.result` holding the last good parameters.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class FitResult(NamedTuple):
 
 
 class TrainingDiverged(FloatingPointError):
-    """A non-finite loss, gradient or parameter; `.result` holds the last good FitResult."""
+    """A non-finite loss, gradient, parameter or state; `.result` holds the last good FitResult."""
 
     def __init__(self, message: str, result: FitResult):
         super().__init__(message)
@@ -270,8 +270,8 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *, guard:
 
     `order` holds the (steps, batch_size) example indices (`epoch_order`, as `fit` uses); by
     default they come from `jax.random.permutation`, so the epoch stays traceable end to end.
-    `carry` is an `EpochCarry` with `bad_step = -1`. With `guard`, a step whose loss, gradients
-    or new parameters are not finite is not applied, nor any after it (their metric rows are
+    `carry` is an `EpochCarry` with `bad_step = -1`. With `guard`, a step whose loss, gradients,
+    new parameters or new states are not finite (make_step's "finite") is not applied, nor any after it (their metric rows are
     NaN): the carry keeps the last good values and `bad_step` is that step's index. Without it
     the epoch runs faster and `bad_step` is the first step with a non-finite loss, which only
     flags divergence: `fit` also checks the final values (NaN and ±inf persist through every
