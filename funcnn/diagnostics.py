@@ -172,9 +172,11 @@ def expected_initial_loss(loss, classes: int, *, margin: float = 1.0,
     2.302585092994046
     """
     name = getattr(loss, "name", None)
-    if not (isinstance(classes, int) and classes >= 2):
-        raise ValueError(f"expected_initial_loss: expected an int number of classes ≥ 2, "
-                         f"received {classes!r}")
+    # One output column is a valid binary model for the element-wise losses.
+    fewest = 2 if name in ("softmax_cross_entropy", "log_likelihood", "multiclass_hinge") else 1
+    if isinstance(classes, bool) or not (isinstance(classes, int) and classes >= fewest):
+        raise ValueError(f"expected_initial_loss: expected an int number of classes ≥ {fewest} "
+                         f"for {name or loss!r}, received {classes!r}")
     hinge = margin**2 if squared else margin
     table = {"softmax_cross_entropy": math.log(classes), "log_likelihood": math.log(classes),
              "multiclass_hinge": (classes - 1) * hinge,

@@ -41,8 +41,12 @@ def test_expected_initial_loss_closed_forms():
     assert float(fn.losses.multiclass_hinge(zeros, labels)) == pytest.approx(9.0)
     with pytest.raises(ValueError, match="no closed form"):
         d(fn.losses.mean_squared_error, 10)
-    with pytest.raises(ValueError, match="classes"):
+    with pytest.raises(ValueError, match="classes ≥ 2"):
         d(LOSS, 1)
+    # One sigmoid output is a binary model: ln 2, the loss of a zero logit.
+    assert d(fn.losses.sigmoid_binary_cross_entropy, 1) == pytest.approx(math.log(2))
+    assert float(fn.losses.sigmoid_binary_cross_entropy(jnp.zeros((4, 1)), jnp.array(
+        [[0.0], [1.0], [1.0], [0.0]]))) == pytest.approx(math.log(2), rel=1e-6)
 
 
 def test_initial_loss_of_a_small_init_model_within_5_percent(digits):
