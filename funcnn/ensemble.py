@@ -254,7 +254,7 @@ def average(trees: Sequence, weights: Sequence[float] | None = None):
     if not trees:
         raise ValueError("average: expected at least one pytree")
     weights = np.ones(len(trees)) if weights is None else np.asarray(weights, np.float64)
-    if weights.shape != (len(trees),) or weights.sum() <= 0:
+    if weights.shape != (len(trees),) or not np.all(weights >= 0) or weights.sum() <= 0:
         raise ValueError(f"average: expected {len(trees)} non-negative weights with a positive "
                          f"sum, received {weights.tolist()}")
     w = weights / weights.sum()

@@ -123,6 +123,8 @@ def test_average_and_average_checkpoints(tmp_path):
     assert float(weighted[0]["b"]) == pytest.approx((0 * 1 + 2 * 3) / 4)
     with pytest.raises(ValueError, match="weights"):
         fn.ensemble.average(trees, weights=[1, 1])
+    with pytest.raises(ValueError, match="non-negative weights"):   # sum > 0, one below 0
+        fn.ensemble.average(trees, weights=[2, -1, 1])
 
     save = fn.ensemble.snapshot_callback(tmp_path / "snaps")
     for epoch, tree in enumerate(trees, start=1):
