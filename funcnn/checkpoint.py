@@ -6,6 +6,10 @@ temporary file in the same folder, flushed to disk, then renamed over the target
 moment leaves the previous checkpoint intact. Loading never unpickles (`allow_pickle=False`), so a
 crafted file cannot execute code; it verifies the checksum and, given `like=`, the structure,
 shapes and dtypes, naming the first mismatch.
+
+Each array's dtype name is recorded in the structure. The dtypes numpy cannot read back from
+`.npy` (the ml_dtypes extensions JAX uses: bfloat16, float8_*, int4, ...) are stored as an
+unsigned-integer view of the same item size and viewed back on load, bit for bit.
 """
 from __future__ import annotations
 
@@ -35,6 +39,11 @@ class CheckpointError(ValueError):
 def _encode(node, arrays: list) -> dict:
     """JSON description {"kind": …, "value": …} of `node`; arrays are appended to `arrays`."""
     if isinstance(node, dict):
+        names = [str(k) for k in node]
+        clashes = [k for k in node if names.count(str(k)) > 1]
+        if clashes:
+            raise ValueError(f"checkpoint.save: dict keys are stored as strings, so keys must "
+                             f"differ as strings; received colliding keys {clashes!r}")
         return {"kind": "dict", "value": {str(k): _encode(v, arrays) for k, v in node.items()}}
     if isinstance(node, tuple) and hasattr(node, "_fields"):
         return {"kind": "namedtuple", "name": type(node).__name__,
@@ -50,8 +59,8 @@ def _encode(node, arrays: list) -> dict:
     if array.dtype == object:
         raise TypeError(f"checkpoint.save: cannot store a leaf of type {type(node).__name__}; "
                         f"expected arrays, numbers, strings, None, dicts, lists and tuples")
-    arrays.append(array)
-    return {"kind": "array", "value": len(arrays) - 1}
+    arrays.append(array.view(f"u{array.dtype.itemsize}") if _unreadable(array.dtype) else array)
+    return {"kind": "array", "value": len(arrays) - 1, "dtype": array.dtype.name}
 
 
 def _decode(spec: dict, arrays: list):
@@ -65,8 +74,31 @@ def _decode(spec: dict, arrays: list):
     if kind == "key":
         return jax.random.wrap_key_data(jnp.asarray(arrays[value]), impl=spec["impl"])
     if kind == "array":
-        return arrays[value]  # numpy, exactly as saved (jnp would narrow float64 under x32)
+        # numpy, exactly as saved (jnp would narrow float64 under x32). Files written before
+        # dtypes were recorded have no "dtype" and hold no ml_dtypes arrays.
+        return _restore_dtype(arrays[value], spec.get("dtype", arrays[value].dtype.name))
     raise CheckpointError(f"unknown node kind {kind!r} in the checkpoint structure")
+
+
+def _unreadable(dtype: np.dtype) -> bool:
+    """Whether `.npy` loses `dtype` (ml_dtypes such as bfloat16 are written as raw void bytes)."""
+    return np.lib.format.descr_to_dtype(np.lib.format.dtype_to_descr(dtype)) != dtype
+
+
+def _restore_dtype(array: np.ndarray, name: str) -> np.ndarray:
+    """View a stored unsigned-integer array back as the ml_dtypes dtype `name` it was saved as."""
+    if name == array.dtype.name:
+        return array
+    try:
+        dtype = np.dtype(name) if isinstance(name, str) else None
+    except TypeError:
+        dtype = None
+    if (dtype is None or dtype.hasobject or not _unreadable(dtype) or array.dtype.kind != "u"
+            or array.dtype.itemsize != dtype.itemsize):
+        raise CheckpointError(f"checkpoint.load: a leaf stored as {array.dtype.name} is recorded "
+                              f"as dtype {name!r}; expected the same dtype, or an ml_dtypes dtype "
+                              f"stored as unsigned integers of its size")
+    return array.view(dtype)
 
 
 def _checksum(structure: bytes, arrays: list) -> str:
@@ -81,9 +113,21 @@ def _checksum(structure: bytes, arrays: list) -> str:
 # Save and load.
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it; the brief stand-in 0o077 is the strictest)."""
+    current = os.umask(0o077)
+    os.umask(current)
+    return current
+
+
 def save(path, tree) -> Path:
     """Write `tree` (nested dicts/lists/tuples/NamedTuples of arrays, numbers, strings, PRNG
-    keys) to `path` atomically: the old file is replaced only once the new one is complete."""
+    keys) to `path` atomically: the old file is replaced only once the new one is complete.
+
+    The file gets the permissions a plain `open(path, "w")` would give (0o666 minus the umask).
+    Dict keys are stored as strings (`str(key)`); keys equal as strings, like 1 and "1", are a
+    ValueError.
+    """
     path = Path(path)
     arrays: list = []
     structure = json.dumps({"format": FORMAT, "tree": _encode(tree, arrays)}).encode()
@@ -94,6 +138,7 @@ def save(path, tree) -> Path:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp gives 0600; open() honours umask
             np.savez(out, **payload)
             out.flush()
             os.fsync(out.fileno())

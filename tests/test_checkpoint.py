@@ -1,6 +1,10 @@
 """Checkpoints: exact round trips, atomic writes under failure, corrupt and malicious files."""
+import hashlib
+import io
+import json
 import os
 import pickle
+import zipfile
 from typing import NamedTuple
 
 import chex
@@ -119,3 +123,68 @@ def test_unsupported_leaves_and_missing_file(tmp_path):
         checkpoint.save(tmp_path / "a.ckpt", {"x": object()})
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         checkpoint.load(tmp_path / "missing.ckpt")
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float8_e4m3fn, jnp.int4, jnp.float16])
+def test_ml_dtypes_round_trip_bit_exact(tmp_path, dtype):
+    tree = {"w": jnp.array([[1.5, -2.0, 3.0], [0.25, 0.0, -1.0]], dtype), "n": jnp.ones(2)}
+    checkpoint.save(tmp_path / "a.ckpt", tree)
+    for back in (checkpoint.load(tmp_path / "a.ckpt"),
+                 checkpoint.load(tmp_path / "a.ckpt", like=tree)):
+        assert back["w"].dtype == dtype and back["w"].shape == (2, 3)
+        np.testing.assert_array_equal(np.asarray(back["w"]).astype(np.float32),
+                                      np.asarray(tree["w"]).astype(np.float32))
+
+
+def _write_zip(path, entries):
+    """A checkpoint-shaped zip built by hand: `entries` maps names to arrays (npy) or bytes."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, value in entries.items():
+            buffer = io.BytesIO()
+            np.save(buffer, np.frombuffer(value, np.uint8) if isinstance(value, bytes) else value)
+            archive.writestr(f"{name}.npy", buffer.getvalue())
+
+
+def test_reads_checkpoints_written_before_dtypes_were_recorded(tmp_path):
+    leaf = np.arange(3.0)
+    structure = json.dumps({"format": "funcnn-checkpoint-1",
+                            "tree": {"kind": "dict", "value": {"w": {"kind": "array",
+                                                                     "value": 0}}}}).encode()
+    digest = hashlib.sha256(structure)
+    digest.update(f"{leaf.dtype.str}{leaf.shape}".encode() + leaf.tobytes())
+    _write_zip(tmp_path / "old.ckpt", {"leaf_0": leaf, "__structure__": structure,
+                                       "__checksum__": digest.hexdigest().encode()})
+    np.testing.assert_array_equal(checkpoint.load(tmp_path / "old.ckpt")["w"], leaf)
+
+
+def test_replaced_leaf_in_a_valid_zip_fails_the_checksum(tmp_path):
+    """zip's CRC cannot catch a leaf rewritten inside a well-formed zip; the SHA-256 must."""
+    path = tmp_path / "a.ckpt"
+    checkpoint.save(path, {"w": jnp.zeros(4), "b": jnp.ones(2)})
+    with np.load(path) as archive:
+        entries = {name: archive[name] for name in archive.files}
+    entries["leaf_0"] = entries["leaf_0"].copy()
+    entries["leaf_0"][1] = 1.0
+    _write_zip(path, entries)
+    assert zipfile.ZipFile(path).testzip() is None, "the rebuilt zip itself must be valid"
+    with pytest.raises(checkpoint.CheckpointError, match="checksum mismatch"):
+        checkpoint.load(path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_file_permissions_follow_the_umask_like_open(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        path = checkpoint.save(tmp_path / "a.ckpt", {"w": jnp.zeros(2)})
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(previous)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~umask
+    assert (path.stat().st_mode & 0o777) == ((tmp_path / "plain").stat().st_mode & 0o777)
+
+
+def test_keys_equal_as_strings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"checkpoint.save: .*colliding keys \[1, '1'\]"):
+        checkpoint.save(tmp_path / "a.ckpt", {"x": {1: jnp.zeros(2), "1": jnp.ones(2)}})
+    assert not (tmp_path / "a.ckpt").exists()

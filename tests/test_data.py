@@ -2,6 +2,7 @@
 import gzip
 import hashlib
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -141,3 +142,67 @@ def test_spiral_is_deterministic_in_its_key():
     assert x.shape == (200, 2) and y.shape == (200,) and np.bincount(y).tolist() == [50] * 4
     np.testing.assert_array_equal(x, fn.data.spiral(jax.random.key(0), 50, 4)[0])
     assert np.abs(x).max() <= 1.0
+
+
+def test_another_datasets_file_counts_as_absent_not_corrupt(tiny_dataset, monkeypatch, tmp_path):
+    """MNIST's files in a folder searched for Fashion-MNIST (same names): fall through to the
+    download, and to the not-found message when it fails, never "corrupt, delete them"."""
+    dataset, folder, _, _ = tiny_dataset
+    other_folder = tmp_path / "elsewhere" / "other"   # no tiny/ beside it
+    other_folder.mkdir(parents=True)
+    other_files = []
+    for file, magic in zip(dataset.files["train"], (idx.IMAGES_MAGIC, idx.LABELS_MAGIC)):
+        raw = _idx_bytes(np.ones((2, 2, 2) if magic == idx.IMAGES_MAGIC else (2,)), magic)
+        packed = gzip.compress(raw)
+        (other_folder / f"{file.name}.gz").write_bytes(packed)   # same name, other dataset
+        other_files.append(idx.IdxFile(file.name, hashlib.sha256(packed).hexdigest(),
+                                       hashlib.sha256(raw).hexdigest()))
+    other = idx.IdxDataset("other", (), {"train": tuple(other_files)})
+    monkeypatch.setattr(idx, "DATASETS", (dataset, other))
+    fetched = []
+
+    def offline(url, destination, sha256):
+        fetched.append(url)
+        raise OSError("offline")
+
+    monkeypatch.setattr(idx, "download", offline)
+    with pytest.raises(FileNotFoundError, match="tiny-images\\(.gz\\) not found"):
+        idx.load(dataset, "train", data_dir=other_folder)
+    assert fetched == [dataset.mirrors[0] + "tiny-images.gz"]
+    np.testing.assert_array_equal(idx.load(other, "train", data_dir=other_folder)[1], [1, 1])
+
+
+def test_real_mnist_files_are_not_called_corrupt_fashion_mnist(mnist_dir, tmp_path, monkeypatch):
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / name).write_bytes((Path(mnist_dir) / name).read_bytes())
+    monkeypatch.delenv("FUNCNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def offline(url, destination, sha256):
+        raise OSError("offline")
+
+    monkeypatch.setattr(idx, "download", offline)
+    with pytest.raises(FileNotFoundError, match="fashion-mnist: t10k-images-idx3-ubyte"):
+        fn.data.fashion_mnist("test", data_dir=tmp_path)
+
+
+def test_parse_idx_with_huge_dims_reports_the_bytes_needed():
+    header = idx.IMAGES_MAGIC.to_bytes(4, "big") + (2 ** 31).to_bytes(4, "big") * 3
+    with pytest.raises(ValueError, match=f"need {16 + 2 ** 93} bytes, received 16"):
+        idx.parse_idx(header, idx.IMAGES_MAGIC, "huge.idx")
+
+
+def test_batches_needs_a_tuple_of_arrays():
+    with pytest.raises(ValueError, match=r"batches: expected a non-empty tuple .* received a "
+                                         r"single array of shape \(10, 3\)"):
+        list(fn.data.batches(jax.random.key(0), np.zeros((10, 3)), 2))
+    (x,), = list(fn.data.batches(jax.random.key(0), (np.arange(4.0),), 4))
+    np.testing.assert_array_equal(np.sort(x), np.arange(4.0))
+
+
+def test_batches_refuses_a_batch_larger_than_the_data_when_dropping_the_last():
+    with pytest.raises(ValueError, match=r"batches: expected batch_size <= the 10 rows .* "
+                                         r"received batch_size 16"):
+        list(fn.data.batches(jax.random.key(0), (np.zeros((10, 3)),), 16))
+    (x,), = list(fn.data.batches(jax.random.key(0), (np.zeros((10, 3)),), 16, drop_last=False))
+    assert x.shape == (10, 3)

@@ -349,3 +349,68 @@ def test_every_optimizer_converges(name, problem):
     opt = CONVERGENCE[name][problem == "rosenbrock"]
     final = _minimise(opt, f, start, steps)
     chex.assert_trees_all_close(final["w"], jnp.array(optimum), atol=tol)
+
+
+# --- wrong inputs ----------------------------------------------------------------------------
+
+def test_chain_rejects_a_state_from_a_different_optimizer():
+    params = _params()
+    with pytest.raises(ValueError, match=r"chain.update: expected .* \(3\), received 2 entries"):
+        O.adamw(1e-3).update(_grads(params), O.adam(1e-3).init(params), params)
+    with pytest.raises(ValueError, match=r"chain.update: expected .* \(2\), received 3 entries"):
+        O.adam(1e-3).update(_grads(params), O.adamw(1e-3).init(params), params)
+
+
+@pytest.mark.parametrize("name", list(ALIASES))
+def test_a_wrongly_shaped_gradient_is_an_error_naming_the_leaf(name):
+    """(1, 4) against a (3, 4) kernel broadcasts without rank promotion: it must not pass."""
+    opt, params = ALIASES[name], _params()
+    grads = _grads(params)
+    grads[3]["b"] = grads[3]["b"][:1]                        # (1,) for a (5,) bias
+    grads[0]["w"] = grads[0]["w"][:1]                        # (1, 4) for a (3, 4) kernel
+    with pytest.raises(ValueError, match=r"at leaf 0/w: expected .* \(3, 4\), received \(1, 4\)"):
+        updates, _ = opt.update(grads, opt.init(params), params)
+        O.apply_updates(params, updates)
+
+
+def test_apply_updates_rejects_a_wrongly_shaped_update():
+    params = {"layer": {"w": jnp.ones(4)}}
+    with pytest.raises(ValueError, match=r"apply_updates: at leaf layer/w: .*\(4,\), "
+                                         r"received \(1,\)"):
+        O.apply_updates(params, {"layer": {"w": jnp.ones(1)}})
+
+
+@pytest.mark.parametrize("make", [lambda mu: O.sgd(0.1, momentum=mu),
+                                  lambda mu: O.sgd(0.1, momentum=mu, nesterov=True),
+                                  lambda mu: O.rmsprop(0.01, momentum=mu)])
+def test_momentum_may_be_traced_for_vectorised_tuning(make):
+    params = _params()
+    grads_seq = [_grads(params, seed=k) for k in range(3)]
+
+    def final_params(mu):
+        return _run(make(mu), params, grads_seq)[0][-1]
+
+    traced = jax.jit(jax.vmap(final_params))(jnp.array([0.5, 0.9]))
+    for i, mu in enumerate([0.5, 0.9]):
+        chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], traced), final_params(mu),
+                                    rtol=1e-5)
+
+
+def test_traced_zero_momentum_steps_like_no_momentum():
+    params = _params()
+    grads_seq = [_grads(params, seed=k) for k in range(3)]
+    traced = jax.jit(lambda mu: _run(O.sgd(0.1, momentum=mu), params, grads_seq)[0][-1])(0.0)
+    chex.assert_trees_all_close(traced, _run(O.sgd(0.1), params, grads_seq)[0][-1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("inner", [O.sgd(0.1), O.adam(0.1)], ids=["sgd", "adam"])
+def test_accumulating_bfloat16_gradients_into_float32_params(inner):
+    params = {"w": jnp.arange(3.0)}
+    grads_seq = [{"w": jnp.array([1.0, -2.0, 0.5], jnp.bfloat16) * (k + 1)} for k in range(4)]
+    path, _ = _run(O.accumulate_gradients(inner, every=2), params, grads_seq)
+    means = [jax.tree.map(lambda a, b: (a.astype(jnp.float32) + b) / 2, *grads_seq[i:i + 2])
+             for i in (0, 2)]
+    reference, _ = _run(inner, params, means)
+    chex.assert_trees_all_equal(path[0], params)
+    chex.assert_trees_all_close(path[1], reference[0], rtol=1e-6)
+    chex.assert_trees_all_close(path[3], reference[1], rtol=1e-6)

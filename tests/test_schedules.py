@@ -156,3 +156,77 @@ def test_reduce_on_plateau_needs_the_loss():
     state = opt.init({"w": jnp.zeros(1)})
     with pytest.raises(TypeError, match="value=loss"):
         opt.update({"w": jnp.ones(1)}, state)
+
+
+@pytest.mark.parametrize("config", PLATEAU_CONFIGS, ids=str)
+def test_reduce_on_plateau_of_minus_a_metric_equals_torch_mode_max(config, x64):
+    """The documented recipe for a metric that should grow: feed −metric (negative values)."""
+    accuracy = 0.5 + 0.3 * (1 - _losses(seed=1))            # rises, plateaus, rises, plateaus
+    torch_config = {("min_lr" if k == "min_scale" else k): v for k, v in config.items()}
+    expected = _torch_lrs(lambda m, o: _Fed(m.ReduceLROnPlateau(o, mode="max", **torch_config),
+                                            accuracy), steps=len(accuracy), lr=1.0)
+    opt = S.reduce_on_plateau(**config)
+    update = jax.jit(opt.update)
+    state = opt.init({"w": jnp.zeros(1)})
+    scales = []
+    for a in accuracy:
+        _, state = update({"w": jnp.ones(1)}, state, value=-a)
+        scales.append(float(state.scale))
+    chex.assert_trees_all_close(np.array(scales), np.append(expected[1:], _Fed.last_lr),
+                                rtol=1e-12)
+
+
+def test_reduce_on_plateau_negative_values_that_worsen_are_not_improvements():
+    """Closed form: −accuracy rising slowly (accuracy worsening) never improves on the first."""
+    opt = S.reduce_on_plateau(factor=0.5, patience=2, threshold=1e-2)
+    state = opt.init({"w": jnp.zeros(1)})
+    scales = []
+    for i in range(12):
+        _, state = opt.update({"w": jnp.ones(1)}, state, value=-(0.9 - 0.001 * i))
+        scales.append(float(state.scale))
+    # value 0 sets best; values 1, 2, 3 are bad; the third bad one (> patience) halves the scale.
+    assert scales == [1.0] * 3 + [0.5] * 3 + [0.25] * 3 + [0.125] * 3
+    assert float(state.best) == pytest.approx(-0.9)
+
+
+def test_reduce_on_plateau_rejects_a_vector_value():
+    opt = S.reduce_on_plateau()
+    state = opt.init({"w": jnp.zeros(3)})
+    with pytest.raises(ValueError, match=r"reduce_on_plateau: expected a scalar .* shape \(3,\)"):
+        opt.update({"w": jnp.ones(3)}, state, value=jnp.array([0.5, 2.0, 2.0]))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(factor=2.0), "0 < factor < 1"), (dict(factor=0.0), "0 < factor < 1"),
+    (dict(factor=1.0), "0 < factor < 1"), (dict(patience=-1), "patience >= 0"),
+    (dict(threshold=-0.1), "threshold >= 0"), (dict(cooldown=-2), "cooldown >= 0"),
+    (dict(min_scale=-1.0), "min_scale >= 0"), (dict(accumulation_size=0), "accumulation_size"),
+    (dict(accumulation_size=2.5), "accumulation_size"),
+])
+def test_reduce_on_plateau_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=f"reduce_on_plateau.*{message}.*received"):
+        S.reduce_on_plateau(**kwargs)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: S.cosine(0.1, 0), "cosine: expected steps > 0, received 0"),
+    (lambda: S.polynomial(0.1, 0.0, 0), "polynomial: expected steps > 0, received 0"),
+    (lambda: S.momentum_ramp(-5), "polynomial: expected steps > 0, received -5"),
+    (lambda: S.inverse_after(0.1, 0), "inverse_after: expected tau > 0, received 0"),
+    (lambda: S.step_decay(0.1, 0.5, 0), "step_decay: expected every > 0, received 0"),
+    (lambda: S.warmup(S.constant(0.1), -1), "warmup: expected steps >= 0, received -1"),
+    (lambda: S.join([S.constant(1.0)] * 3, [30, 10]), "join: expected strictly increasing"),
+    (lambda: S.join([S.constant(1.0)] * 3, [10, 10]), "join: expected strictly increasing"),
+])
+def test_degenerate_schedule_arguments_are_refused_at_construction(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_traced_schedule_arguments_are_not_checked():
+    """fn.tune may vmap over a schedule's steps: construction must not branch on tracers."""
+    values = jax.vmap(lambda n: S.cosine(1.0, n)(jnp.asarray(5)))(jnp.array([10, 20]))
+    chex.assert_trees_all_close(values, jnp.array([0.5, 0.5 * (1 + math.cos(math.pi / 4))]),
+                                rtol=1e-6)
+    joined = jax.jit(lambda b: S.join([S.constant(1.0)] * 3, [b, b + 5])(jnp.asarray(7)))(4)
+    assert float(joined) == 1.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import math
 import os
 import tempfile
 import urllib.request
@@ -73,6 +74,15 @@ FASHION_MNIST = IdxDataset("fashion-mnist", (
 })
 
 
+DATASETS = (MNIST, FASHION_MNIST)
+
+
+def _elsewhere(file: IdxFile) -> set[str]:
+    """The digests of the known datasets' files other than `file` (e.g. MNIST's for Fashion's)."""
+    return {digest for dataset in DATASETS for pair in dataset.files.values() for f in pair
+            for digest in (f.gz_sha256, f.raw_sha256)} - {file.gz_sha256, file.raw_sha256}
+
+
 def cache_dir(dataset: IdxDataset) -> Path:
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(root) / "funcnn" / dataset.name
@@ -87,9 +97,10 @@ def _search_folders(dataset: IdxDataset, data_dir) -> list[Path]:
 
 
 def _find(file: IdxFile, folders: list[Path]) -> Path | None:
-    """The first candidate whose checksum matches; a mismatch is an error only if none does
-    (another dataset's file of the same name, e.g. MNIST beside Fashion-MNIST, is skipped)."""
-    mismatches = []
+    """The first candidate whose checksum matches; None if there is none. Another known
+    dataset's file of the same name (MNIST's in a folder searched for Fashion-MNIST) counts
+    as absent; any other mismatch is an error if no candidate matches."""
+    mismatches, elsewhere = [], _elsewhere(file)
     for folder in folders:
         for candidate in (folder / f"{file.name}.gz", folder / file.name):
             if candidate.is_file():
@@ -97,7 +108,9 @@ def _find(file: IdxFile, folders: list[Path]) -> Path | None:
                 actual = _sha256(candidate)
                 if actual == expected:
                     return candidate
-                mismatches.append(f"{candidate}: expected SHA-256 {expected}, received {actual}")
+                if actual not in elsewhere:
+                    mismatches.append(f"{candidate}: expected SHA-256 {expected}, "
+                                      f"received {actual}")
     if mismatches:
         raise ValueError(f"{file.name}: found only corrupt or unexpected files:\n  "
                          + "\n  ".join(mismatches)
@@ -174,7 +187,7 @@ def parse_idx(data: bytes, magic: int, source: str = "IDX data") -> np.ndarray:
         raise ValueError(f"corrupt IDX file {source}: expected magic number {magic}, "
                          f"received {found}")
     dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)  # Python ints: huge dims must not overflow
     if len(data) != expected:
         raise ValueError(f"corrupt IDX file {source}: dims {dims} need {expected} bytes, "
                          f"received {len(data)}")

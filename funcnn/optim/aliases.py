@@ -6,15 +6,22 @@ same steps as its `torch.optim` namesake (tested in float64 to rtol 1e-6 over 10
 """
 from __future__ import annotations
 
+import numbers
+
 from funcnn.optim.base import GradientTransformation, chain, weights_only
 from funcnn.optim.transforms import (
     ScalarOrSchedule, add_decayed_weights, scale_by_adagrad, scale_by_adam,
     scale_by_learning_rate, scale_by_rms, trace)
 
 
+def _is_zero(momentum: ScalarOrSchedule) -> bool:
+    """Whether momentum is a concrete 0 (a traced value, e.g. while tuning, may be anything)."""
+    return isinstance(momentum, numbers.Number) and momentum == 0
+
+
 def _momentum(momentum: ScalarOrSchedule, nesterov: bool = False) -> tuple:
-    """A momentum trace, or nothing for a constant momentum of 0."""
-    return (trace(momentum, nesterov),) if callable(momentum) or momentum != 0 else ()
+    """A momentum trace, or nothing for a concrete momentum of 0."""
+    return () if _is_zero(momentum) else (trace(momentum, nesterov),)
 
 
 def sgd(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.0,
@@ -25,7 +32,7 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.0,
     v ← μv + g, p ← p − α(g + μv). Equals `torch.optim.SGD(lr=α, momentum=μ, nesterov=...)`
     (dampening 0); the notes' v ← μv − αg, p ← p + v is the same step for constant α.
     """
-    if nesterov and not callable(momentum) and momentum == 0:
+    if nesterov and _is_zero(momentum):
         raise ValueError("sgd: Nesterov momentum needs momentum > 0")
     return chain(*_momentum(momentum, nesterov), scale_by_learning_rate(learning_rate))
 

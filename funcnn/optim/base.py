@@ -22,6 +22,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from funcnn.paths import leaf_paths
+
 
 class GradientTransformation(NamedTuple):
     """An optimizer piece: a pair of pure functions.
@@ -46,6 +48,10 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         return tuple(t.init(params) for t in transforms)
 
     def update(updates, state, params=None, **extra):
+        if len(state) != len(transforms):
+            raise ValueError(f"chain.update: expected a state with one entry per transform "
+                             f"({len(transforms)}), received {len(state)} entries; was it made "
+                             f"by another optimizer's init?")
         new_state = []
         for t, s in zip(transforms, state):
             updates, s = t.update(updates, s, params, **extra)
@@ -55,17 +61,34 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
+def _check_shapes(name: str, what: str, tree, like, like_what: str = "parameter") -> None:
+    """Raise a ValueError naming the leaf where `tree` and `like` differ in shape.
+
+    Explicit, because broadcasting would silently turn a (4,) parameter and a (4, 1) gradient
+    into a (4, 4) parameter.
+    """
+    like_leaves, treedef = jax.tree.flatten(like)
+    for path, x, y in zip(leaf_paths(like), like_leaves, treedef.flatten_up_to(tree)):
+        if jnp.shape(x) != jnp.shape(y):
+            raise ValueError(f"{name}: at leaf {path}: expected the {what} to have the shape of "
+                             f"its {like_what} {jnp.shape(x)}, received {jnp.shape(y)}")
+
+
 def apply_updates(params, updates):
-    """params + updates, leaf by leaf, each result in its parameter's dtype."""
+    """params + updates, leaf by leaf, each result in its parameter's dtype and shape."""
+    _check_shapes("apply_updates", "update", updates, params)
     return jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
 
 
 def lift(leaf_fn: Callable[..., tuple], tree, *rest, outputs: int) -> tuple:
     """Lift a rule written for one array to pytrees: `leaf_fn(x, *ys)` returns `outputs` arrays.
 
-    Returns `outputs` trees with the structure of `tree`; `rest` are trees of the same structure.
+    Returns `outputs` trees with the structure of `tree`; `rest` are trees of the same structure
+    and leaf shapes (e.g. gradients, then optimizer state shaped like the parameters).
     """
     leaves, treedef = jax.tree.flatten(tree)
+    for r in rest:
+        _check_shapes("optimizer update", "gradient", tree, r, "optimizer state")
     rest_leaves = [treedef.flatten_up_to(r) for r in rest]
     results = [leaf_fn(*xs) for xs in zip(leaves, *rest_leaves)]
     return tuple(treedef.unflatten([r[i] for r in results]) for i in range(outputs))

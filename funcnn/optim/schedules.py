@@ -11,6 +11,7 @@ accepts them. They are pure jnp code, so `t` may be a traced integer inside `jit
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -30,13 +31,21 @@ def _schedule(formula: Schedule) -> Schedule:
     return lambda t: formula(jnp.asarray(t, jnp.result_type(float)))
 
 
+def _check(name: str, expected: str, value, ok: Callable[[numbers.Number], bool]) -> None:
+    """Raise a ValueError unless `ok(value)`. Only concrete Python/numpy numbers are checked:
+    hyper-parameters may be traced (e.g. vmapped by `fn.tune`), and those cannot be tested."""
+    if isinstance(value, numbers.Number) and not ok(value):
+        raise ValueError(f"{name}: expected {expected}, received {value!r}")
+
+
 def constant(value: float) -> Schedule:
     """α_t = value."""
     return _schedule(lambda t: jnp.full_like(t, value))
 
 
 def step_decay(init_value: float, factor: float, every: int) -> Schedule:
-    """α_t = α₀·factor^⌊t/every⌋ (torch's `StepLR(step_size=every, gamma=factor)`)."""
+    """α_t = α₀·factor^⌊t/every⌋ (torch's `StepLR(step_size=every, gamma=factor)`), every > 0."""
+    _check("step_decay", "every > 0", every, lambda n: n > 0)
     return _schedule(lambda t: init_value * factor ** (t // every))
 
 
@@ -62,15 +71,17 @@ def inverse_power(init_value: float, gamma: float, power: float) -> Schedule:
 
 
 def inverse_after(init_value: float, tau: int) -> Schedule:
-    """α_t = α₀·τ / max(t, τ): constant for τ steps, then decaying as 1/t."""
+    """α_t = α₀·τ / max(t, τ): constant for τ > 0 steps, then decaying as 1/t."""
+    _check("inverse_after", "tau > 0", tau, lambda n: n > 0)
     return _schedule(lambda t: init_value * tau / jnp.maximum(t, tau))
 
 
 def polynomial(init_value: float, end_value: float, steps: int, power: float = 1.0) -> Schedule:
     """α_t = (α₀ − α_end)·(1 − min(t, T)/T)^p + α_end; holds α_end after T = `steps`.
 
-    With end_value=0 this is `PolynomialLR(total_iters=T, power=p)`.
+    With end_value=0 this is `PolynomialLR(total_iters=T, power=p)`. T > 0.
     """
+    _check("polynomial", "steps > 0", steps, lambda n: n > 0)
     return _schedule(
         lambda t: (init_value - end_value) * (1 - jnp.minimum(t, steps) / steps) ** power
         + end_value)
@@ -79,8 +90,9 @@ def polynomial(init_value: float, end_value: float, steps: int, power: float = 1
 def cosine(init_value: float, steps: int, end_value: float = 0.0) -> Schedule:
     """α_t = α_end + (α₀ − α_end)·(1 + cos(π·min(t, T)/T))/2; holds α_end after T = `steps`.
 
-    Up to T this is `CosineAnnealingLR(T_max=T, eta_min=α_end)`.
+    Up to T this is `CosineAnnealingLR(T_max=T, eta_min=α_end)`. T > 0.
     """
+    _check("cosine", "steps > 0", steps, lambda n: n > 0)
     return _schedule(lambda t: end_value + (init_value - end_value) * 0.5 * (
         1 + jnp.cos(jnp.pi * jnp.minimum(t, steps) / steps)))
 
@@ -88,11 +100,15 @@ def cosine(init_value: float, steps: int, end_value: float = 0.0) -> Schedule:
 def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     """Schedule i runs on [b_{i−1}, b_i), called with the steps since it began: s_i(t − b_{i−1}).
 
-    `len(schedules) == len(boundaries) + 1`; boundaries increase.
+    `len(schedules) == len(boundaries) + 1`; boundaries increase strictly.
     """
     if len(schedules) != len(boundaries) + 1:
         raise ValueError(f"join needs one more schedule than boundaries, got {len(schedules)} "
                          f"schedules and {len(boundaries)} boundaries")
+    for before, after in zip(boundaries, boundaries[1:]):
+        if isinstance(before, numbers.Number):
+            _check("join", f"strictly increasing boundaries, each > {before!r}", after,
+                   lambda b: b > before)
 
     def schedule(t):
         value = schedules[0](t)
@@ -107,7 +123,9 @@ def warmup(schedule: Schedule, steps: int, init_value: float = 0.0) -> Schedule:
     """Linear ramp from `init_value` to schedule(0) over `steps` updates, then schedule(t − steps).
 
     `warmup(constant(α), T, init_value=f·α)` is `LinearLR(start_factor=f, total_iters=T)`.
+    T ≥ 0 (T = 0: no warmup).
     """
+    _check("warmup", "steps >= 0", steps, lambda n: n >= 0)
     ramp = _schedule(lambda t: init_value + (schedule(jnp.zeros_like(t)) - init_value) * t / steps)
     return join([ramp, schedule], [steps])
 
@@ -136,16 +154,26 @@ def reduce_on_plateau(factor: float = 0.5, patience: int = 10, threshold: float 
 
     Fed `value=loss` at every update. Each window of `accumulation_size` values (e.g. the steps
     of an epoch) gives one mean value v, treated as `torch.optim.lr_scheduler.ReduceLROnPlateau`
-    (mode="min") treats a metric: v improves when v < best·(1 − threshold) ("rel") or
+    (mode="min") treats a metric: v improves when v < best − threshold·|best| ("rel") or
     v < best − threshold ("abs"); after more than `patience` windows without improvement s
     shrinks, and the next `cooldown` windows do not count. The new scale applies from the update
     that completes the window. Place it after `scale_by_learning_rate` (or anywhere: it
-    multiplies). Pass −metric to watch a value that should grow. Unlike torch, a reduction
-    smaller than 1e-8 is not skipped.
+    multiplies). Pass −metric to watch a value that should grow: that is torch's mode="max"
+    (for best > 0, torch's "min" limit best·(1 − threshold) is the same as ours). `value` must
+    be a scalar. Unlike torch, a reduction smaller than 1e-8 is not skipped.
     """
     if threshold_mode not in ("rel", "abs"):
         raise ValueError(f"reduce_on_plateau: threshold_mode must be 'rel' or 'abs', "
                          f"got {threshold_mode!r}")
+    for name, expected, value, ok in [
+            ("factor", "0 < factor < 1", factor, lambda x: 0 < x < 1),
+            ("patience", "patience >= 0", patience, lambda x: x >= 0),
+            ("threshold", "threshold >= 0", threshold, lambda x: x >= 0),
+            ("cooldown", "cooldown >= 0", cooldown, lambda x: x >= 0),
+            ("min_scale", "min_scale >= 0", min_scale, lambda x: x >= 0),
+            ("accumulation_size", "an integer accumulation_size >= 1", accumulation_size,
+             lambda x: x >= 1 and x == int(x))]:
+        _check(f"reduce_on_plateau({name}=...)", expected, value, ok)
 
     def init(params):
         del params
@@ -156,7 +184,9 @@ def reduce_on_plateau(factor: float = 0.5, patience: int = 10, threshold: float 
 
     def judge(state, v):
         """One ReduceLROnPlateau.step(v): the new (scale, best, bad_steps, cooldown)."""
-        limit = state.best * (1 - threshold) if threshold_mode == "rel" else state.best - threshold
+        # best = +inf before the first window: inf − threshold·inf would be NaN.
+        margin = threshold * jnp.abs(state.best) if threshold_mode == "rel" else threshold
+        limit = jnp.where(jnp.isinf(state.best), state.best, state.best - margin)
         better = v < limit
         best = jnp.where(better, v, state.best)
         in_cooldown = state.cooldown > 0
@@ -170,6 +200,9 @@ def reduce_on_plateau(factor: float = 0.5, patience: int = 10, threshold: float 
         if value is None:
             raise TypeError("reduce_on_plateau needs the loss: update(grads, state, params, "
                             "value=loss)")
+        if jnp.shape(value) != ():
+            raise ValueError(f"reduce_on_plateau: expected a scalar value= (the mean loss), "
+                             f"received shape {jnp.shape(value)}")
         total = state.value_sum + jnp.asarray(value, state.value_sum.dtype)
         count = state.value_count + 1
         full = count == accumulation_size

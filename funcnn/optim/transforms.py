@@ -318,8 +318,10 @@ def accumulate_gradients(transform: GradientTransformation, every: int) -> Gradi
             new_updates, inner = transform.update(mean, state.inner, params, **extra)
             return new_updates, inner, jax.tree.map(jnp.zeros_like, grad_sum)
 
-        def wait(_):
-            return jax.tree.map(jnp.zeros_like, updates), state.inner, grad_sum
+        def wait(_):  # zeros of the dtypes `step` returns (e.g. float32 for bfloat16 grads)
+            zeros = jax.tree.map(lambda u: jnp.zeros(u.shape, u.dtype),
+                                 jax.eval_shape(step, None)[0])
+            return zeros, state.inner, grad_sum
 
         last = state.mini_step == every - 1
         updates, inner, grad_sum = jax.lax.cond(last, step, wait, None)
