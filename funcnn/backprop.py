@@ -21,14 +21,19 @@ def forward_backward(model: Layer, loss, **loss_kwargs):
 
     One forward pass keeping residuals, the loss's hand-written `.grad` (δᴸ) — both evaluated
     in at least float32 — then the model's hand-written backward; the outputs are returned too
-    (for metrics such as accuracy).
+    (for metrics such as accuracy). `y` is data: for a loss whose `.grad` is a pair
+    (`max_margin(s_true, s_corrupt)`: the outputs are s_true, `y` the fixed s_corrupt), δᴸ is
+    its first entry, ∂loss/∂outputs.
     """
 
     def run(params, state, x, y, *, key=None, train=True):
         outputs, new_state, residuals = model.forward(params, state, x, key=key, train=train)
         wide = at_least_float32(outputs)
         value = loss(wide, y, **loss_kwargs)
-        delta = loss.grad(wide, y, **loss_kwargs).astype(outputs.dtype)
+        delta = loss.grad(wide, y, **loss_kwargs)
+        if isinstance(delta, tuple):  # (∂loss/∂outputs, ∂loss/∂y); y is not differentiated
+            delta = delta[0]
+        delta = delta.astype(outputs.dtype)
         grads, _ = model.backward(params, residuals, delta)
         return value, outputs, new_state, grads
 
@@ -73,6 +78,14 @@ def _zero_cotangent(leaf):
     return np.zeros(leaf.shape, jax.dtypes.float0)
 
 
+def _cotangent(grad, leaf):
+    """`grad` as the cotangent of the primal `leaf`: in its dtype (a layer may promote, e.g. a
+    float32 PRelu slope on bfloat16 inputs), float0 for int and bool leaves."""
+    if jnp.issubdtype(leaf.dtype, jnp.inexact):
+        return grad.astype(leaf.dtype)
+    return _zero_cotangent(leaf)
+
+
 def custom_vjp(model: Layer) -> Layer:
     """The same model, whose `apply` differentiates through the hand-written `backward`.
 
@@ -95,8 +108,8 @@ def custom_vjp(model: Layer) -> Layer:
             params, state, x, residuals = saved
             dy, _ = cotangents
             dparams, dx = model.backward(params, residuals, dy)
-            dx = dx if jnp.issubdtype(x.dtype, jnp.inexact) else _zero_cotangent(x)
-            return dparams, jax.tree.map(_zero_cotangent, state), dx
+            return (jax.tree.map(_cotangent, dparams, params),
+                    jax.tree.map(_zero_cotangent, state), _cotangent(dx, x))
 
         run.defvjp(run_forward, run_backward)
         return run(params, state, x)

@@ -74,7 +74,7 @@ class LeafCheck:
 
     path: str
     shape: tuple[int, ...]
-    hand_vs_autodiff: float      # over every coordinate
+    hand_vs_autodiff: float      # over every coordinate but the sampled kink coordinates
     hand_vs_numerical: float     # over the sampled coordinates
     autodiff_vs_numerical: float
     sampled: int
@@ -129,8 +129,10 @@ def check(model: Layer, loss, params, state, x, y, *, key=None, train=True, samp
     `jax.random.key(seed)`) so f(θ ± h) sees the same dropout masks. For each parameter leaf
     (biases included) `samples` coordinates are drawn at random; hand-written vs autodiff is
     compared on every coordinate. A sampled coordinate where any layer's or the loss's kink
-    branch differs between θ − h, θ and θ + h is reported in `.kinks` and excluded. `passed`
-    holds when every other relative error is ≤ `tol` (both values ≤ `floor` count as equal).
+    branch differs between θ − h, θ and θ + h is reported in `.kinks` and excluded from all three
+    comparisons. `passed` holds when every other relative error is ≤ `tol` (both values ≤ `floor`
+    count as equal). A hand-written gradient whose structure, leaf shapes or dtypes differ from
+    the params' raises `ValueError` naming the leaf.
     """
     with jax.enable_x64(True):
         params, state, x, y = (backprop.cast_floats(t, jnp.float64) for t in (params, state, x, y))
@@ -148,9 +150,10 @@ def check(model: Layer, loss, params, state, x, y, *, key=None, train=True, samp
         _, hand = jax.jit(backprop.value_and_grad(model, loss, **loss_kwargs),
                           static_argnames="train")(params, state, x, y, key=key, train=train)
         auto = jax.jit(jax.grad(objective))(params)
+        paths = leaf_paths(params)
+        _check_like_params(hand, params, paths)
 
         flat, unravel = ravel_pytree(params)
-        paths = leaf_paths(params)
         leaves = jax.tree.leaves(params)
         offsets = np.cumsum([0] + [leaf.size for leaf in leaves])
         rng = np.random.default_rng(seed)
@@ -167,9 +170,12 @@ def check(model: Layer, loss, params, state, x, y, *, key=None, train=True, samp
                 continue
             mine = (coords >= lo) & (coords < hi)
             c, smooth = coords[mine], ~crossed[mine]
+            off_kink = np.ones(hi - lo, bool)
+            off_kink[c[~smooth] - lo] = False
             results.append(LeafCheck(
                 path=paths[i], shape=tuple(leaf.shape),
-                hand_vs_autodiff=_max(relative_error(hand_flat[lo:hi], auto_flat[lo:hi], floor)),
+                hand_vs_autodiff=_max(relative_error(hand_flat[lo:hi], auto_flat[lo:hi],
+                                                     floor)[off_kink]),
                 hand_vs_numerical=_max(relative_error(hand_flat[c], numerical[mine], floor)[smooth]),
                 autodiff_vs_numerical=_max(relative_error(auto_flat[c], numerical[mine], floor)[smooth]),
                 sampled=int(mine.sum()), kinks=int((~smooth).sum())))
@@ -177,6 +183,24 @@ def check(model: Layer, loss, params, state, x, y, *, key=None, train=True, samp
                       for j in c[~smooth]]
         passed = all(leaf.worst <= tol for leaf in results)
         return GradcheckReport(passed, tuple(results), tuple(kinks), tol, eps, floor)
+
+
+def _check_like_params(grads, params, paths):
+    """Raise `ValueError` unless the hand-written `grads` match `params` leaf by leaf."""
+    grad_paths = leaf_paths(grads)
+    if jax.tree.structure(grads) != jax.tree.structure(params):
+        missing = [p for p in paths if p not in grad_paths]
+        extra = [p for p in grad_paths if p not in paths]
+        raise ValueError(f"gradcheck.check: expected the hand-written gradient to have the "
+                         f"params' structure {jax.tree.structure(params)}, received "
+                         f"{jax.tree.structure(grads)} (missing leaves {missing}, unexpected "
+                         f"leaves {extra})")
+    for path, g, p in zip(paths, jax.tree.leaves(grads), jax.tree.leaves(params)):
+        if jnp.shape(g) != jnp.shape(p) or jnp.result_type(g) != jnp.result_type(p):
+            raise ValueError(f"gradcheck.check: expected the hand-written gradient of leaf "
+                             f"{path!r} to have the parameter's shape {tuple(jnp.shape(p))} and "
+                             f"dtype {jnp.result_type(p)}, received shape {tuple(jnp.shape(g))} "
+                             f"and dtype {jnp.result_type(g)}")
 
 
 def _max(errors) -> float:

@@ -8,6 +8,7 @@ directly (`he_normal(key, shape)`); parametrised ones are factories (`normal(0.0
 from __future__ import annotations
 
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,23 @@ def fans(shape) -> tuple[int, int]:
         return shape[0], shape[0]
     receptive = math.prod(shape[:-2])
     return shape[-2] * receptive, shape[-1] * receptive
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _fans_of(name, shape) -> tuple[int, int]:
+    """`fans(shape)` for the initializer `name`, after checking that `shape` is a sequence of
+    non-negative ints with a positive fan-in (the standard deviation divides by it)."""
+    if not isinstance(shape, (tuple, list)) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise ValueError(f"{name}: expected a shape as a tuple of non-negative ints, received "
+                         f"{shape!r}")
+    fan_in, fan_out = fans(shape)
+    if fan_in == 0:
+        raise ValueError(f"{name}: expected a shape with fan_in > 0, received {tuple(shape)} "
+                         f"(fan_in = 0)")
+    return fan_in, fan_out
 
 
 def zeros(key, shape, dtype=jnp.float32):
@@ -51,7 +69,7 @@ def normal(stddev=0.01):
     """N(0, stddev²) — the notes' small random numbers, e.g. 0.01·randn."""
 
     def init(key, shape, dtype=jnp.float32):
-        return stddev * jax.random.normal(key, shape, dtype)
+        return jnp.asarray(stddev, dtype) * jax.random.normal(key, shape, dtype)
 
     return init
 
@@ -67,31 +85,31 @@ def uniform(scale=0.01):
 
 def lecun_normal(key, shape, dtype=jnp.float32):
     """N(0, 1/fan_in): the notes' w ~ randn/√n, keeping Var(z) ≈ Var(x)."""
-    fan_in, _ = fans(shape)
+    fan_in, _ = _fans_of("lecun_normal", shape)
     return normal(1.0 / math.sqrt(fan_in))(key, shape, dtype)
 
 
 def glorot_uniform(key, shape, dtype=jnp.float32):
     """Xavier/Glorot uniform: U[−√(6/(fan_in+fan_out)), +√(6/(fan_in+fan_out))]."""
-    fan_in, fan_out = fans(shape)
+    fan_in, fan_out = _fans_of("glorot_uniform", shape)
     return uniform(math.sqrt(6.0 / (fan_in + fan_out)))(key, shape, dtype)
 
 
 def glorot_normal(key, shape, dtype=jnp.float32):
     """Xavier/Glorot normal: N(0, 2/(fan_in+fan_out)) (torch.nn.init.xavier_normal_)."""
-    fan_in, fan_out = fans(shape)
+    fan_in, fan_out = _fans_of("glorot_normal", shape)
     return normal(math.sqrt(2.0 / (fan_in + fan_out)))(key, shape, dtype)
 
 
 def he_normal(key, shape, dtype=jnp.float32):
     """He/Kaiming normal for ReLU nets: N(0, 2/fan_in) (torch kaiming_normal_, fan_in mode)."""
-    fan_in, _ = fans(shape)
+    fan_in, _ = _fans_of("he_normal", shape)
     return normal(math.sqrt(2.0 / fan_in))(key, shape, dtype)
 
 
 def he_uniform(key, shape, dtype=jnp.float32):
     """He/Kaiming uniform: U[−√(6/fan_in), √(6/fan_in)] (variance 2/fan_in)."""
-    fan_in, _ = fans(shape)
+    fan_in, _ = _fans_of("he_uniform", shape)
     return uniform(math.sqrt(6.0 / fan_in))(key, shape, dtype)
 
 
@@ -100,7 +118,10 @@ def sparse(connections=10, stddev=0.01):
 
     For a kernel (..., in, out), each of the `out` units draws `connections` distinct incoming
     coordinates among the fan_in = prod(shape[:-1]) of them; those weights are N(0, stddev²).
+    `connections` must be an int.
     """
+    if not _is_int(connections):
+        raise ValueError(f"sparse: expected connections as an int, received {connections!r}")
 
     def init(key, shape, dtype=jnp.float32):
         shape = tuple(shape)

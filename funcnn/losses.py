@@ -7,17 +7,23 @@ discrete side of every kink (hinge active or not, sign of f − y) for `fn.gradc
 Reductions: element-wise losses (mean_squared_error, l1, binary_cross_entropy,
 sigmoid_binary_cross_entropy) average over all elements, as PyTorch; per-example losses sum
 over the classes of an example and average over the batch. Labels are int class ids of shape
-(batch,) or probability rows of shape (batch, classes) where the docstring says so.
+(batch,) or probability rows of shape (batch, classes) where the docstring says so, told apart by
+rank (rows may be of any dtype, e.g. one-hot ints).
+
+Floating inputs narrower than float32 (float16, bfloat16) are widened to float32 for the value
+and the gradient; `.grad` returns the outputs' dtype.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnn.backprop import at_least_float32
 from funcnn.nn.core import describe_shape
 
 LOG_FLOOR = -100.0  # log p is clamped here (as PyTorch's BCELoss) so p = 0 gives a finite loss
@@ -34,13 +40,19 @@ class Loss:
     branches_fn: Callable[..., Any] | None = None
 
     def __call__(self, outputs, targets, **kwargs):
+        outputs, targets = _widen(outputs), _widen(targets)
         self.check_fn(outputs, targets)
         return self.value_fn(outputs, targets, **kwargs)
 
     def grad(self, outputs, targets, **kwargs):
-        """∂loss/∂outputs, from the hand-written formula."""
-        self.check_fn(outputs, targets)
-        return self.grad_fn(outputs, targets, **kwargs)
+        """∂loss/∂outputs in the outputs' dtype, from the hand-written formula (a pair for
+        `max_margin`, in the dtypes of its two arguments)."""
+        outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
+        wide_outputs, wide_targets = _widen(outputs), _widen(targets)
+        self.check_fn(wide_outputs, wide_targets)
+        grads = self.grad_fn(wide_outputs, wide_targets, **kwargs)
+        like = (outputs, targets) if isinstance(grads, tuple) else outputs
+        return jax.tree.map(lambda g, a: g.astype(a.dtype) if _is_floating(a) else g, grads, like)
 
     def branches(self, outputs, targets, **kwargs):
         """The side of every kink at these outputs; `()` for a smooth loss."""
@@ -57,7 +69,17 @@ class Loss:
 
 
 # ---------------------------------------------------------------------------------------------
-# Input checks.
+# Input checks and dtypes.
+
+
+def _is_floating(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.floating)
+
+
+def _widen(x):
+    """`x` as an array; floating point at least float32 (float16 overflows at 65504)."""
+    x = jnp.asarray(x)
+    return at_least_float32(x) if _is_floating(x) else x
 
 
 def _is_concrete(x) -> bool:
@@ -73,15 +95,21 @@ def _check_same_shape(name):
     return check
 
 
+def _are_class_ids(labels, outputs) -> bool:
+    """Labels one rank below the outputs are class ids; labels of the outputs' rank are rows."""
+    return jnp.ndim(labels) == jnp.ndim(outputs) - 1
+
+
 def _check_labels(name):
-    """Outputs (batch, classes); labels int (batch,) in [0, classes), or rows (batch, classes)."""
+    """Outputs (batch, classes); labels int (batch,) in [0, classes), or rows (batch, classes)
+    of any dtype (probabilities, one-hot ints or bools)."""
 
     def check(outputs, labels):
         shape, lshape = jnp.shape(outputs), jnp.shape(labels)
         if len(shape) != 2:
             raise ValueError(f"{name}: expected outputs of shape (batch, classes), received "
                              f"{describe_shape(shape)}")
-        if jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        if _are_class_ids(labels, outputs) and jnp.issubdtype(jnp.result_type(labels), jnp.integer):
             if lshape != shape[:1]:
                 raise ValueError(f"{name}: expected int labels of shape ({shape[0]},) for "
                                  f"outputs {describe_shape(shape)}, received "
@@ -101,14 +129,31 @@ def _check_labels(name):
 
 
 def _as_rows(labels, outputs):
-    """Int class ids → one-hot rows in the outputs' dtype; probability rows pass through."""
-    if jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+    """Int class ids → one-hot rows in the outputs' dtype; rows (any dtype) are cast to it."""
+    if _are_class_ids(labels, outputs):
         return jax.nn.one_hot(labels, outputs.shape[-1], dtype=outputs.dtype)
     return labels.astype(outputs.dtype)
 
 
+def _log_and_inverse(p):
+    """(max(ln p, −100), its derivative 1[ln p > −100]/p): 0 on the clamp, never inf or nan.
+
+    Written with `where` on both sides so that autodiff of the clamped log gives that same
+    derivative (no 0/0 at p = 0, no ½ at the tie).
+    """
+    unclamped = jnp.log(p) > LOG_FLOOR
+    safe = jnp.where(unclamped, p, jnp.ones_like(p))
+    return (jnp.where(unclamped, jnp.log(safe), LOG_FLOOR),
+            jnp.where(unclamped, 1 / safe, jnp.zeros_like(p)))
+
+
 def _clamped_log(p):
-    return jnp.maximum(jnp.log(p), LOG_FLOOR)
+    return _log_and_inverse(p)[0]
+
+
+def _hinge(m):
+    """max(m, 0) written so that autodiff gives 1[m > 0], the hand-written rule, also at m = 0."""
+    return jnp.where(m > 0, m, jnp.zeros_like(m))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,8 +176,9 @@ mean_squared_error = Loss("mean_squared_error", _mse, _mse_grad, _check_same_sha
 
 
 def _l1(f, y):
-    """Mean absolute error mean|f − y| over all elements. Gradient sign(f − y)/n."""
-    return jnp.mean(jnp.abs(f - y))
+    """Mean absolute error mean|f − y| over all elements. Gradient sign(f − y)/n (0 at f = y)."""
+    d = f - y
+    return jnp.mean(jnp.sign(d) * d)  # |d| written so that autodiff also gives sign(d), 0 at 0
 
 
 def _l1_grad(f, y):
@@ -153,16 +199,17 @@ l1 = Loss("l1", _l1, _l1_grad, _check_same_shape("l1"), _l1_branches)
 def _bce(p, t):
     """Binary cross-entropy on probabilities, averaged over all elements.
 
-    L = mean(−t ln p − (1 − t) ln(1 − p)), ln clamped at −100 as torch.nn.BCELoss.
-    Gradient: (p − t) / (p(1 − p)) / n, the denominator floored at 1e-12.
+    L = mean(−t ln p − (1 − t) ln(1 − p)), each ln clamped at −100 as torch.nn.BCELoss, so
+    p ∈ {0, 1} gives a finite loss. Gradient: (−t/p + (1 − t)/(1 − p))/n, = (p − t)/(p(1 − p))/n;
+    a term whose ln is on the clamp (p or 1 − p below e⁻¹⁰⁰, e.g. 0) is flat and contributes 0.
     """
     return -jnp.mean(t * _clamped_log(p) + (1 - t) * _clamped_log(1 - p))
 
 
 def _bce_grad(p, t):
-    # d/dp [−t ln p − (1−t) ln(1−p)] = (p − t) / (p(1 − p)); the denominator is floored as
-    # PyTorch does so that p ∈ {0, 1} gives a large finite gradient, not inf/nan.
-    return (p - t) / jnp.maximum(p * (1 - p), 1e-12) / p.size
+    _, inv_p = _log_and_inverse(p)
+    _, inv_not_p = _log_and_inverse(1 - p)
+    return (-t * inv_p + (1 - t) * inv_not_p) / p.size
 
 
 binary_cross_entropy = Loss("binary_cross_entropy", _bce, _bce_grad,
@@ -192,34 +239,52 @@ sigmoid_binary_cross_entropy = Loss("sigmoid_binary_cross_entropy", _sigmoid_bce
                                     _check_same_shape("sigmoid_binary_cross_entropy"))
 
 
+def _examples(z) -> int:
+    """The number of examples of per-example outputs (..., attributes): all axes but the last."""
+    return math.prod(z.shape[:-1])
+
+
+def _check_attributes(name):
+    check_same_shape = _check_same_shape(name)
+
+    def check(outputs, targets):
+        if jnp.ndim(outputs) == 0:
+            raise ValueError(f"{name}: expected outputs of shape (..., attributes), received a "
+                             f"scalar")
+        check_same_shape(outputs, targets)
+    return check
+
+
 def _multilabel_logistic(z, t):
     """Independent logistic regression per attribute (cs231n).
 
-    L_i = Σ_j −y_ij log σ(s_j) − (1 − y_ij) log(1 − σ(s_j)), y ∈ {0, 1}, averaged over the batch.
-    Gradient: (σ(s) − y)/batch.
+    L_i = Σ_j −y_ij log σ(s_j) − (1 − y_ij) log(1 − σ(s_j)), y ∈ {0, 1}, summed over the last
+    axis and averaged over the examples (all other axes; none for a single example (attributes,)).
+    Gradient: (σ(s) − y)/examples.
     """
     log_p, log_not_p = _log_sigmoid_pair(z)
     return -jnp.mean(jnp.sum(t * log_p + (1 - t) * log_not_p, axis=-1))
 
 
 def _multilabel_logistic_grad(z, t):
-    return (jax.nn.sigmoid(z) - t) / z.shape[0]
+    return (jax.nn.sigmoid(z) - t) / _examples(z)
 
 
 multilabel_logistic = Loss("multilabel_logistic", _multilabel_logistic, _multilabel_logistic_grad,
-                           _check_same_shape("multilabel_logistic"))
+                           _check_attributes("multilabel_logistic"))
 
 
 def _multilabel_hinge(s, y, margin=1.0):
     """Binary hinge per attribute: L_i = Σ_j max(0, Δ − y_ij s_j), y ∈ {−1, +1}.
 
-    Averaged over the batch. Gradient: −y_ij/batch where the margin Δ − y_ij s_j > 0, else 0.
+    Summed over the last axis, averaged over the examples (all other axes).
+    Gradient: −y_ij/examples where the margin Δ − y_ij s_j > 0, else 0 (also at 0).
     """
-    return jnp.mean(jnp.sum(jnp.maximum(0, margin - y * s), axis=-1))
+    return jnp.mean(jnp.sum(_hinge(margin - y * s), axis=-1))
 
 
 def _multilabel_hinge_grad(s, y, margin=1.0):
-    return jnp.where(margin - y * s > 0, -y, jnp.zeros_like(s)) / s.shape[0]
+    return jnp.where(margin - y * s > 0, -y, jnp.zeros_like(s)) / _examples(s)
 
 
 def _multilabel_hinge_branches(s, y, margin=1.0):
@@ -227,7 +292,7 @@ def _multilabel_hinge_branches(s, y, margin=1.0):
 
 
 multilabel_hinge = Loss("multilabel_hinge", _multilabel_hinge, _multilabel_hinge_grad,
-                        _check_same_shape("multilabel_hinge"), _multilabel_hinge_branches)
+                        _check_attributes("multilabel_hinge"), _multilabel_hinge_branches)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,15 +324,14 @@ softmax_cross_entropy = Loss("softmax_cross_entropy", _softmax_xent, _softmax_xe
 def _log_likelihood(a, labels):
     """Negative log-likelihood on probabilities: L_i = −Σ_j y_ij ln a_ij.
 
-    For a softmax output layer: the notes' C = −ln a_y. ln clamped at −100. Averaged over the
-    batch. Gradient: −y/a/batch (a floored at the dtype's smallest normal number).
+    For a softmax output layer: the notes' C = −ln a_y. Averaged over the batch. ln clamped at
+    −100, so a = 0 gives a finite loss. Gradient: −y/a/batch; 0 where ln a is on the clamp.
     """
     return -jnp.mean(jnp.sum(_as_rows(labels, a) * _clamped_log(a), axis=-1))
 
 
 def _log_likelihood_grad(a, labels):
-    y = _as_rows(labels, a)
-    return -y / jnp.maximum(a, jnp.finfo(a.dtype).tiny) / a.shape[0]
+    return -_as_rows(labels, a) * _log_and_inverse(a)[1] / a.shape[0]
 
 
 log_likelihood = Loss("log_likelihood", _log_likelihood, _log_likelihood_grad,
@@ -285,19 +349,22 @@ def _multiclass_hinge(s, labels, margin=1.0, squared=False):
 
     L_i = Σ_{j≠y_i} max(0, s_j − s_{y_i} + Δ) (squared: the hinge squared), averaged over the batch.
     scores: (batch, classes) float; labels: (batch,) int in [0, classes).
-    Gradient: ∂L_i/∂s_j = 1[m_j > 0] for j≠y_i (2·m_j if squared), and −Σ_j of those for j=y_i.
+    Gradient: ∂L_i/∂s_j = 1[m_j > 0] for j≠y_i (2·m_j if squared), and −Σ_j of those for j=y_i;
+    m_j = s_j − s_{y_i} + Δ, and a margin exactly 0 counts as inactive.
 
     >>> float(multiclass_hinge(jnp.array([[3.2, 5.1, -1.7]]), jnp.array([0])))
     2.9
     """
     margins, _ = _hinge_margins(s, labels, margin)
-    hinge = jnp.maximum(margins, 0)
-    return jnp.mean(jnp.sum(hinge**2 if squared else hinge, axis=-1))
+    hinge = _hinge(margins)
+    # `where`, not `if`: `squared` may be traced under jit.
+    return jnp.mean(jnp.sum(jnp.where(squared, hinge**2, hinge), axis=-1))
 
 
 def _multiclass_hinge_grad(s, labels, margin=1.0, squared=False):
     margins, y = _hinge_margins(s, labels, margin)
-    active = jnp.where(margins > 0, 2 * margins if squared else jnp.ones_like(s), jnp.zeros_like(s))
+    slope = jnp.where(squared, 2 * margins, jnp.ones_like(s))
+    active = jnp.where(margins > 0, slope, jnp.zeros_like(s))
     return (active - y * jnp.sum(active, axis=-1, keepdims=True)) / s.shape[0]
 
 
@@ -312,6 +379,10 @@ def _check_int_labels(name):
         if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
             raise TypeError(f"{name}: expected int class ids of shape (batch,), received "
                             f"dtype {jnp.result_type(labels)}")
+        if not _are_class_ids(labels, scores):
+            raise ValueError(f"{name}: expected int class ids of shape (batch,) for scores "
+                             f"{describe_shape(jnp.shape(scores))}, received "
+                             f"{describe_shape(jnp.shape(labels))}")
         check_rows(scores, labels)
     return check
 
@@ -323,9 +394,10 @@ multiclass_hinge = Loss("multiclass_hinge", _multiclass_hinge, _multiclass_hinge
 def _max_margin(s_true, s_corrupt, margin=1.0):
     """Max-margin ranking loss mean(max(0, Δ + s_corrupt − s_true)) over pairs.
 
-    `.grad` returns the pair (∂L/∂s_true, ∂L/∂s_corrupt) = (−a/n, a/n), a = 1[margin active].
+    `.grad` returns the pair (∂L/∂s_true, ∂L/∂s_corrupt) = (−a/n, a/n), a = 1[margin > 0]
+    (a margin exactly 0 counts as inactive).
     """
-    return jnp.mean(jnp.maximum(0, margin + s_corrupt - s_true))
+    return jnp.mean(_hinge(margin + s_corrupt - s_true))
 
 
 def _max_margin_grad(s_true, s_corrupt, margin=1.0):

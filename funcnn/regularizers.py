@@ -42,6 +42,11 @@ class Regularizer:
         return self.name
 
 
+def _abs(w):
+    """Σ|w| written as Σ sign(w)·w, so that autodiff gives sign(w), 0 at w = 0, like `.grad`."""
+    return jnp.sum(jnp.sign(w) * w)
+
+
 def l2(lam: float, *, n: int = 1, mask=weights_only) -> Regularizer:
     """Weight decay penalty R = (λ/2n)·Σw²; ∂R/∂w = (λ/n)·w."""
     c = lam / n
@@ -52,13 +57,12 @@ def l2(lam: float, *, n: int = 1, mask=weights_only) -> Regularizer:
 def l1(lam: float, *, n: int = 1, mask=weights_only) -> Regularizer:
     """Sparsity penalty R = (λ/n)·Σ|w|; ∂R/∂w = (λ/n)·sign(w) (the subgradient 0 at w = 0)."""
     c = lam / n
-    return Regularizer(f"l1({lam}, n={n})", lambda w: c * jnp.sum(jnp.abs(w)),
-                       lambda w: c * jnp.sign(w), mask)
+    return Regularizer(f"l1({lam}, n={n})", lambda w: c * _abs(w), lambda w: c * jnp.sign(w), mask)
 
 
 def elastic_net(lam1: float, lam2: float, *, n: int = 1, mask=weights_only) -> Regularizer:
     """R = (λ₁/n)·Σ|w| + (λ₂/2n)·Σw² (Zou & Hastie); ∂R/∂w = (λ₁/n)·sign(w) + (λ₂/n)·w."""
     c1, c2 = lam1 / n, lam2 / n
     return Regularizer(f"elastic_net({lam1}, {lam2}, n={n})",
-                       lambda w: c1 * jnp.sum(jnp.abs(w)) + 0.5 * c2 * jnp.sum(w * w),
+                       lambda w: c1 * _abs(w) + 0.5 * c2 * jnp.sum(w * w),
                        lambda w: c1 * jnp.sign(w) + c2 * w, mask)

@@ -81,3 +81,35 @@ def test_custom_vjp_gives_input_gradients_and_vmaps():
     stacked = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), params)
     per_model = jax.vmap(jax.grad(lambda p: loss(bridged.apply(p, state, x)[0], y)))(stacked)
     chex.assert_shape([per_model[1]["w"], per_model[3]["w"]], [(2, 12, 16), (2, 16, 8)])
+
+
+def test_custom_vjp_returns_cotangents_in_the_primal_dtypes():
+    # PRelu's float32 slope promotes bfloat16 inputs; the cotangents must still match the primals.
+    model = nn.PRelu()
+    params, state = model.init(jax.random.key(0), (5,))
+    x = jnp.linspace(-1, 1, 10, dtype=jnp.bfloat16).reshape(2, 5)
+    bridged = fn.backprop.custom_vjp(model)
+
+    def total(m):
+        return lambda p, x: jnp.sum(m.apply(p, state, x)[0]).astype(jnp.float32)
+
+    dp, dx = jax.grad(total(bridged), argnums=(0, 1))(params, x)
+    assert dx.dtype == jnp.bfloat16 and dp["slope"].dtype == params["slope"].dtype
+    chex.assert_trees_all_close((dp, dx), jax.grad(total(model), argnums=(0, 1))(params, x),
+                                rtol=1e-2)
+
+
+def test_value_and_grad_with_max_margin_differentiates_the_true_scores(x64):
+    # max_margin(s_true, s_corrupt).grad is a pair; the outputs are s_true, y the fixed s_corrupt.
+    model = nn.serial(nn.Dense(1), nn.Flatten())
+    params, state = model.init(jax.random.key(0), (3,))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    x = jax.random.normal(jax.random.key(1), (6, 3), jnp.float64)
+    corrupt = model.apply(params, state, x)[0] + jnp.linspace(-2.0, 1.5, 6)[:, None]
+    (value, _), grads = fn.backprop.value_and_grad(model, fn.losses.max_margin)(
+        params, state, x, corrupt)
+    expected_value, expected = jax.value_and_grad(
+        lambda p: fn.losses.max_margin(model.apply(p, state, x)[0], corrupt))(params)
+    assert float(value) == pytest.approx(float(expected_value), rel=1e-12)
+    chex.assert_trees_all_close(grads, expected, rtol=1e-12)
+    assert float(jnp.abs(grads[0]["b"][0])) > 0

@@ -114,3 +114,54 @@ def test_relative_error():
                                       jnp.array([1.0, 0.0, 2e-12, 1.0, 1.0]), floor=1e-10)
     np.testing.assert_allclose(err, [0.0, 0.0, 0.0, 2.0, 0.5])
     assert float(fn.gradcheck.relative_error(0.0, 1e-20)) == 1.0
+
+
+def _zero_dense(out):
+    model = nn.serial(nn.Dense(out, w_init=fn.init.zeros))
+    params, state = model.init(jax.random.key(0), (3,))
+    return model, params, state, jax.random.normal(jax.random.key(1), (4, 3))
+
+
+def test_outputs_exactly_at_the_l1_kink_pass():
+    # Zero outputs against zero targets: every coordinate sits on the kink of |f − y|.
+    model, params, state, x = _zero_dense(2)
+    report = fn.gradcheck.check(model, fn.losses.l1, params, state, x, jnp.zeros((4, 2)))
+    assert report.passed, str(report)
+    assert len(report.kinks) == 8
+
+
+def test_equal_scores_with_zero_margin_pass():
+    model, params, state, x = _zero_dense(3)
+    report = fn.gradcheck.check(model, fn.losses.multiclass_hinge, params, state, x,
+                                jnp.array([0, 1, 2, 0]), margin=0.0)
+    assert report.passed, str(report)
+    assert report.kinks
+
+
+def test_kink_coordinates_are_left_out_of_hand_vs_autodiff():
+    # A loss whose autodiff disagrees with its hand-written subgradient at the kink (jax.grad of
+    # jnp.abs at 0 is 1, the rule says 0): the sampled kink coordinates must not fail the check.
+    abs_loss = fn.losses.Loss("abs", lambda f, y: jnp.mean(jnp.abs(f - y)),
+                              lambda f, y: jnp.sign(f - y) / f.size, lambda f, y: None,
+                              lambda f, y: jnp.sign(f - y))
+    model, params, state, x = _zero_dense(2)
+    report = fn.gradcheck.check(model, abs_loss, params, state, x, jnp.zeros((4, 2)))
+    assert report.passed, str(report)
+    assert all(leaf.kinks == leaf.sampled for leaf in report.leaves)
+
+
+@pytest.mark.parametrize("wrong,match", [
+    (lambda g: {"w": g["w"].T, "b": g["b"]},
+     r"leaf '2/w' to have the parameter's shape \(10, 4\) and dtype float64, received shape "
+     r"\(4, 10\)"),
+    (lambda g: {"w": g["w"], "b": g["b"][None]},
+     r"leaf '2/b' to have the parameter's shape \(4,\) and dtype float64, received shape \(1, 4\)"),
+    (lambda g: {"w": g["w"].astype(jnp.float32), "b": g["b"]},
+     r"leaf '2/w' .* dtype float64, received shape \(10, 4\) and dtype float32"),
+    (lambda g: {"w": g["w"]}, r"params' structure .*missing leaves \['2/b'\]"),
+])
+def test_hand_gradient_of_the_wrong_shape_is_a_clear_error(wrong, match):
+    model = nn.serial(nn.Dense(10), nn.Tanh(), _broken_dense(4, wrong))
+    with pytest.raises(ValueError, match=r"gradcheck\.check: expected the hand-written gradient.*"
+                                         + match):
+        fn.gradcheck.check(model, fn.losses.softmax_cross_entropy, *_problem(model))

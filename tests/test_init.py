@@ -77,3 +77,25 @@ def test_dense_uses_its_initializers():
     layer = fn.nn.Dense(3, w_init=init.constant(0.5), b_init=init.ones)
     params, _ = layer.init(jax.random.key(0), (2,))
     chex.assert_trees_all_equal(params, {"w": jnp.full((2, 3), 0.5), "b": jnp.ones(3)})
+
+
+@pytest.mark.parametrize("initializer", [init.lecun_normal, init.glorot_uniform,
+                                         init.glorot_normal, init.he_normal, init.he_uniform])
+def test_fan_initializers_reject_bad_shapes(initializer):
+    name = initializer.__name__
+    with pytest.raises(ValueError, match=f"{name}: expected a shape as a tuple of non-negative "
+                                         f"ints, received 5"):
+        initializer(jax.random.key(0), 5)
+    with pytest.raises(ValueError, match=fr"{name}: expected a shape with fan_in > 0, received "
+                                         fr"\(0, 5\)"):
+        initializer(jax.random.key(0), (0, 5))
+
+
+def test_sparse_rejects_a_non_int_number_of_connections():
+    with pytest.raises(ValueError, match="sparse: expected connections as an int, received 2.5"):
+        init.sparse(2.5)
+
+
+def test_array_stddev_keeps_the_requested_dtype():
+    w = init.normal(jnp.float32(0.1))(jax.random.key(0), (3, 4), jnp.bfloat16)
+    assert w.dtype == jnp.bfloat16

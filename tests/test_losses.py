@@ -162,3 +162,115 @@ def test_labels_are_not_checked_under_jit_but_still_compile():
 def test_losses_have_docstrings_with_the_formula():
     for _, loss, _ in LOSSES:
         assert loss.__doc__ and "Gradient" in loss.__doc__, loss.name
+
+
+@pytest.mark.parametrize("shape", [(6,), (2, 3, 4)])
+@pytest.mark.parametrize("loss,pm1", [(L.multilabel_logistic, False), (L.multilabel_hinge, True)])
+def test_multilabel_grad_for_any_rank(loss, pm1, shape, x64):
+    # Sum over the last axis, mean over the others (none for a single example): the gradient
+    # divides by the number of examples, not by shape[0].
+    z = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+    bits = (jax.random.uniform(jax.random.key(1), shape) > 0.5).astype(jnp.float64)
+    t = 2 * bits - 1 if pm1 else bits
+    hand = loss.grad(z, t)
+    chex.assert_trees_all_close(hand, jax.grad(lambda o: loss(o, t))(z), rtol=1e-12, atol=1e-15)
+    numerical = fn.gradcheck.numerical_grad(lambda o: loss(o, t), z)
+    assert float(jnp.max(fn.gradcheck.relative_error(hand, numerical, 1e-10))) < 1e-7
+
+
+def test_multilabel_rejects_scalar_outputs():
+    with pytest.raises(ValueError, match=r"multilabel_hinge: expected outputs of shape "
+                                         r"\(\.\.\., attributes\), received a scalar"):
+        L.multilabel_hinge(jnp.array(0.5), jnp.array(1.0))
+
+
+# (loss, outputs, targets, kwargs) exactly at a kink or on the clamp of ln.
+AT_KINKS = {
+    "l1_tie": (L.l1, jnp.array([[1.0, 2.0]]), jnp.array([[1.0, 1.0]]), {}),
+    "hinge_margin_exactly_0": (L.multiclass_hinge, jnp.array([[1.0, 0.0, 0.0]]), jnp.array([0]),
+                               {}),
+    "hinge_equal_scores": (L.multiclass_hinge, jnp.array([[1.0, 0.0, 1.0]]), jnp.array([0]), {}),
+    "hinge_margin0_ties": (L.multiclass_hinge, jnp.array([[1.0, 0.0, 1.0], [2.0, 2.0, 2.0]]),
+                           jnp.array([0, 1]), {"margin": 0.0}),
+    "hinge_squared_tie": (L.multiclass_hinge, jnp.array([[1.0, 0.0, 1.0]]), jnp.array([0]),
+                          {"squared": True, "margin": 0.0}),
+    "multilabel_hinge_tie": (L.multilabel_hinge, jnp.array([[1.0, -1.0, 0.5]]),
+                             jnp.array([[1.0, -1.0, 1.0]]), {}),
+    "bce_p0_t0": (L.binary_cross_entropy, jnp.array([[0.0, 0.3]]), jnp.array([[0.0, 1.0]]), {}),
+    "bce_p1_t1": (L.binary_cross_entropy, jnp.array([[1.0, 0.3]]), jnp.array([[1.0, 1.0]]), {}),
+    "bce_p0_t1": (L.binary_cross_entropy, jnp.array([[0.0, 1.0]]), jnp.array([[1.0, 0.0]]), {}),
+    "bce_p_below_1e-12": (L.binary_cross_entropy, jnp.array([[1e-15, 1 - 1e-14]]),
+                          jnp.array([[0.0, 1.0]]), {}),
+    "bce_p_below_1e-12_t_soft": (L.binary_cross_entropy, jnp.array([[1e-14, 0.3]]),
+                                 jnp.array([[1e-3, 1.0]]), {}),
+    "log_likelihood_a_on_clamp": (L.log_likelihood, jnp.array([[1e-50, 1.0 - 1e-50]]),
+                                  jnp.array([0]), {}),
+    "log_likelihood_a_0": (L.log_likelihood, jnp.array([[0.0, 1.0]]), jnp.array([0]), {}),
+}
+
+
+@pytest.mark.parametrize("case", list(AT_KINKS))
+def test_hand_grad_equals_autodiff_at_kinks_and_clamps(case, x64):
+    loss, outputs, targets, kwargs = AT_KINKS[case]
+    hand = loss.grad(outputs, targets, **kwargs)
+    auto = jax.grad(lambda o: loss(o, targets, **kwargs))(outputs)
+    chex.assert_tree_all_finite(hand)
+    chex.assert_trees_all_close(hand, auto, rtol=1e-12, atol=0)
+
+
+def test_max_margin_grad_at_the_tie_equals_autodiff(x64):
+    s, c = jnp.array([1.0, 2.0, 0.5]), jnp.array([0.0, 0.0, 0.0])   # margins 0, −1, 0.5
+    chex.assert_trees_all_close(L.max_margin.grad(s, c),
+                                jax.grad(L.max_margin, argnums=(0, 1))(s, c), rtol=1e-12, atol=0)
+
+
+def test_bce_gradient_is_the_derivative_near_the_clamp(x64):
+    # Small p (1e-15 < 1e-12, far from the clamp of ln at e⁻¹⁰⁰): the exact derivative
+    # −t/p + (1 − t)/(1 − p), which finite differences confirm, not a floored (p − t)/1e-12.
+    p, t = jnp.array([[1e-15, 1e-14, 1 - 1e-14]]), jnp.array([[0.0, 1e-3, 1.0]])
+    expected = (-t / p + (1 - t) / (1 - p)) / 3
+    hand = L.binary_cross_entropy.grad(p, t)
+    chex.assert_trees_all_close(hand, expected, rtol=1e-9)
+    # Finite differences at p = 1e-14 with h = 1e-17 (1 − p ± h would round away: not there).
+    numerical = fn.gradcheck.numerical_grad(lambda q: L.binary_cross_entropy(q, t), p, eps=1e-17)
+    assert float(hand[0, 1]) == pytest.approx(float(numerical[0, 1]), rel=1e-6)
+    assert float(L.binary_cross_entropy(jnp.array([[0.0]]), jnp.array([[1.0]]))) == 100.0
+
+
+def test_float16_inputs_are_computed_in_float32():
+    p = jnp.array([1.0, 0.0], jnp.float16)
+    grad = L.binary_cross_entropy.grad(p, p)
+    assert grad.dtype == jnp.float16
+    np.testing.assert_array_equal(np.asarray(grad, np.float32), [-0.5, 0.5])  # −t/p, (1−t)/(1−p)
+    f, y = jnp.full((4,), 300.0, jnp.float16), jnp.zeros(4, jnp.float16)
+    assert float(L.mean_squared_error(f, y)) == 90000.0                    # > float16's 65504
+    assert L.mean_squared_error.grad(f, y).dtype == jnp.float16
+    np.testing.assert_array_equal(np.asarray(L.mean_squared_error.grad(f, y), np.float32), 150.0)
+    s, c = jnp.array([0.5, 2.0], jnp.bfloat16), jnp.array([0.0, 0.0], jnp.float32)
+    d_true, d_corrupt = L.max_margin.grad(s, c)
+    assert (d_true.dtype, d_corrupt.dtype) == (jnp.bfloat16, jnp.float32)
+
+
+@pytest.mark.parametrize("loss", [L.softmax_cross_entropy, L.log_likelihood])
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+def test_one_hot_rows_of_any_dtype_equal_class_ids(loss, dtype):
+    outputs = jax.nn.softmax(jnp.array([[0.2, -1.0, 0.5], [1.0, 0.0, -0.3]]), axis=-1)
+    ids = jnp.array([2, 0])
+    rows = jnp.eye(3, dtype=dtype)[ids]
+    assert float(loss(outputs, rows)) == pytest.approx(float(loss(outputs, ids)), rel=1e-6)
+    chex.assert_trees_all_close(loss.grad(outputs, rows), loss.grad(outputs, ids), rtol=1e-6)
+
+
+def test_multiclass_hinge_takes_class_ids_only():
+    with pytest.raises(ValueError, match=r"multiclass_hinge: expected int class ids of shape "
+                                         r"\(batch,\) for scores \(2, 3\), received \(2, 3\)"):
+        L.multiclass_hinge(jnp.zeros((2, 3)), jnp.eye(3, dtype=int)[:2])
+
+
+def test_multiclass_hinge_squared_may_be_traced():
+    s, labels = jnp.array([[0.3, 0.9, -0.2], [1.0, 0.2, 0.4]]), jnp.array([0, 2])
+    for squared in (False, True):
+        assert float(jax.jit(L.multiclass_hinge)(s, labels, squared=squared)) == pytest.approx(
+            float(L.multiclass_hinge(s, labels, squared=squared)))
+        chex.assert_trees_all_close(jax.jit(L.multiclass_hinge.grad)(s, labels, squared=squared),
+                                    L.multiclass_hinge.grad(s, labels, squared=squared))

@@ -92,3 +92,10 @@ def test_l1_subgradient_is_zero_at_zero():
 
 def test_no_masked_leaves_gives_zero():
     assert float(R.l2(1.0)({"b": jnp.ones(3)})) == 0.0
+
+
+@pytest.mark.parametrize("reg", [R.l1(0.3), R.elastic_net(0.2, 0.4)])
+def test_grad_equals_autodiff_at_zero_weights(reg, x64):
+    # |w| has a kink at 0: the hand-written rule takes sign(0) = 0, and autodiff must agree.
+    params = {"w": jnp.array([[0.0, 1.5], [-2.0, 0.0]]), "b": jnp.zeros(2)}
+    chex.assert_trees_all_close(reg.grad(params), jax.grad(reg)(params), rtol=1e-12, atol=0)
