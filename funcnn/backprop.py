@@ -16,24 +16,26 @@ import numpy as np
 from funcnn.nn.core import Layer
 
 
+def loss_delta(loss, outputs, y, **loss_kwargs):
+    """δᴸ = ∂loss/∂outputs from the loss's hand-written `.grad`; `y` is data, so of a pair
+    (`max_margin(s_true, s_corrupt)`'s (∂/∂s_true, ∂/∂s_corrupt)) the first entry."""
+    delta = loss.grad(outputs, y, **loss_kwargs)
+    return delta[0] if isinstance(delta, tuple) else delta
+
+
 def forward_backward(model: Layer, loss, **loss_kwargs):
     """Build `f(params, state, x, y, *, key=None, train=True) -> (loss, outputs, new_state, grads)`.
 
     One forward pass keeping residuals, the loss's hand-written `.grad` (δᴸ) — both evaluated
     in at least float32 — then the model's hand-written backward; the outputs are returned too
-    (for metrics such as accuracy). `y` is data: for a loss whose `.grad` is a pair
-    (`max_margin(s_true, s_corrupt)`: the outputs are s_true, `y` the fixed s_corrupt), δᴸ is
-    its first entry, ∂loss/∂outputs.
+    (for metrics such as accuracy). `y` is data (`loss_delta`).
     """
 
     def run(params, state, x, y, *, key=None, train=True):
         outputs, new_state, residuals = model.forward(params, state, x, key=key, train=train)
         wide = at_least_float32(outputs)
         value = loss(wide, y, **loss_kwargs)
-        delta = loss.grad(wide, y, **loss_kwargs)
-        if isinstance(delta, tuple):  # (∂loss/∂outputs, ∂loss/∂y); y is not differentiated
-            delta = delta[0]
-        delta = delta.astype(outputs.dtype)
+        delta = loss_delta(loss, wide, y, **loss_kwargs).astype(outputs.dtype)
         grads, _ = model.backward(params, residuals, delta)
         return value, outputs, new_state, grads
 

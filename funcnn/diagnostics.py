@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnn import backprop
 from funcnn import train as _train
 from funcnn.nn.core import Layer
 
@@ -130,7 +131,7 @@ def layer_stats(model, loss, params, state, x, y=None, *, key=None, train: bool 
 
     deltas = [None] * len(layers)
     if y is not None:
-        dy = loss.grad(a, y, **loss_kwargs)
+        dy = backprop.loss_delta(loss, a, y, **loss_kwargs)
         for i in reversed(range(len(layers))):
             deltas[i] = dy
             _, dy = vjps[i](dy) if autodiff else layers[i].backward(params[i], residuals[i], dy)

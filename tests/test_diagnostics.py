@@ -175,3 +175,17 @@ def test_overfit_check_passes_on_a_correct_model_and_fails_on_broken_ones(digits
               params=good_params, state=good_state)
     assert not cut.passed and "cuts the gradient" in str(cut)
 
+
+
+def test_layer_stats_with_a_pair_valued_loss_grad():
+    """max_margin's `.grad` is (∂/∂s_true, ∂/∂s_corrupt): the model's δ is the first entry, and
+    the hand-written statistics equal autodiff's."""
+    model = nn.serial(nn.Dense(4), nn.Relu(), nn.Dense(1))
+    params, state = model.init(jax.random.key(0), (3,))
+    x = jax.random.normal(jax.random.key(1), (5, 3))
+    s_corrupt = jax.random.normal(jax.random.key(2), (5, 1))
+    hand = fn.diagnostics.layer_stats(model, fn.losses.max_margin, params, state, x, s_corrupt)
+    auto = fn.diagnostics.layer_stats(model, fn.losses.max_margin, params, state, x, s_corrupt,
+                                      autodiff=True)
+    chex.assert_trees_all_close([h.gradient for h in hand], [a.gradient for a in auto],
+                                rtol=1e-5, atol=1e-7)
