@@ -154,6 +154,19 @@ def test_maxpool_ties_go_to_the_first_entry_in_row_major_order(strides):
                                 jnp.array([[1, 0]] if strides is None else [[1, 0, 0]]))
 
 
+@pytest.mark.parametrize("train", [False, True])   # reduce_window max, and the CPU window stack
+@pytest.mark.parametrize("strides", [None, (1, 1)])
+def test_maxpool_autodiff_sends_ties_to_the_first_entry_as_the_hand_written_backward(strides,
+                                                                                      train):
+    layer = nn.MaxPool(2, strides)
+    x = jnp.array([[0.0, 5.0, 1.0, 1.0],
+                   [5.0, 5.0, 1.0, 1.0]]).reshape(1, 2, 4, 1)
+    y, _, res = layer.forward({}, {}, x)
+    _, hand = layer.backward({}, res, jnp.ones_like(y))
+    auto = jax.grad(lambda x: jnp.sum(layer.apply({}, {}, x, train=train)[0]))(x)
+    chex.assert_trees_all_equal(auto, hand)
+
+
 def test_maxpool_overlapping_winner_collects_every_window():
     x = jnp.zeros((1, 3, 3, 1)).at[0, 1, 1, 0].set(9.0)
     layer = nn.MaxPool(2, strides=1)
@@ -171,6 +184,19 @@ def test_l2pool_gradient_is_zero_and_finite_at_an_all_zero_window():
     chex.assert_tree_all_finite(dx)
     expected = jnp.zeros((4, 4)).at[2, 2].set(0.6).at[3, 3].set(0.8)
     chex.assert_trees_all_close(dx[0, :, :, 0], expected)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_l2pool_autodiff_is_zero_and_finite_at_an_all_zero_window(train):
+    """jax.grad follows the hand-written rule: √ at 0 has no derivative, the gradient is 0."""
+    layer = nn.L2Pool(2)
+    x = jnp.zeros((1, 4, 4, 1)).at[0, 0, 0, 0].set(1.0)   # three of the four windows are zero
+    y, _, res = layer.forward({}, {}, x)
+    _, hand = layer.backward({}, res, jnp.ones_like(y))
+    auto = jax.grad(lambda x: jnp.sum(layer.apply({}, {}, x, train=train)[0]))(x)
+    chex.assert_tree_all_finite(auto)
+    chex.assert_trees_all_close(auto, hand)
+    chex.assert_trees_all_close(auto, jnp.zeros_like(x).at[0, 0, 0, 0].set(1.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +230,38 @@ def test_conv_and_pool_reject_inputs_smaller_than_the_window():
         nn.Conv2D(4, 3, padding="same")
     with pytest.raises(ValueError, match="kernel"):
         nn.Conv2D(4, (3, 3, 3))
+
+
+@pytest.mark.parametrize("params,words", [
+    ({"w": jnp.zeros((5, 5, 1, 4)), "b": jnp.zeros(4)},        # a 5×5 model's checkpoint
+     ["Conv2D", "params['w']", "(3, 3, cin, 4)", "(5, 5, 1, 4)"]),
+    ({"w": jnp.zeros((3, 3, 1, 8)), "b": jnp.zeros(8)},
+     ["Conv2D", "(3, 3, cin, 4)", "(3, 3, 1, 8)"]),
+    ({"w": jnp.zeros((9, 4)), "b": jnp.zeros(4)}, ["Conv2D", "(3, 3, cin, 4)", "(9, 4)"]),
+    ({"w": jnp.zeros((3, 3, 1, 4)), "b": jnp.zeros(5)}, ["Conv2D", "params['b']", "(4,)", "(5,)"]),
+    ({"w": jnp.zeros((3, 3, 1, 4))}, ["Conv2D", "'b'", "'w'"]),
+])
+def test_conv_rejects_parameters_of_another_layer(params, words):
+    layer, x = nn.Conv2D(4, 3, padding="SAME"), jnp.zeros((2, 6, 6, 1))
+    for run in (lambda p, x: layer.apply(p, {}, x), lambda p, x: layer.forward(p, {}, x),
+                lambda p, x: layer.apply(p, {}, x, train=True),
+                jax.jit(lambda p, x: layer.apply(p, {}, x))):
+        with pytest.raises(ValueError) as error:
+            run(params, x)
+        for word in words:
+            assert word in str(error.value), str(error.value)
+
+
+def test_numpy_integers_are_accepted_as_sizes():
+    layer = nn.Conv2D(np.int64(4), np.int64(3), strides=(np.int32(2), 1))
+    params, _ = layer.init(jax.random.key(0), (np.int64(7), 7, 1))
+    chex.assert_shape(params["w"], (3, 3, 1, 4))
+    assert layer.output_shape((7, 7, 1)) == (3, 5, 4)
+    assert nn.MaxPool(np.int64(2)).output_shape((4, 4, 1)) == (2, 2, 1)
+    with pytest.raises(ValueError, match="Conv2D: expected the kernel size as a positive int"):
+        nn.Conv2D(4, 3.0)
+    with pytest.raises(ValueError, match="Conv2D: expected a per-example input shape"):
+        layer.init(jax.random.key(0), 49)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ def test_ties_route_the_gradient_to_the_first_piece():
     chex.assert_trees_all_equal(grads["b"], jnp.array([1.0, 1.0, 0.0, 0.0, 0.0, 0.0]))
     chex.assert_trees_all_equal(grads["w"][:, 2:], jnp.zeros((3, 4)))
     chex.assert_trees_all_close(dx, jnp.array([[1.0, 5.0, 9.0]]))
+    auto = jax.grad(lambda p, x: jnp.sum(layer.apply(p, {}, x)[0]), argnums=(0, 1))(params, x)
+    chex.assert_trees_all_equal(auto, (grads, dx))   # jax.grad follows the first piece too
 
 
 def test_wrong_input_width_names_the_layer():
@@ -61,3 +63,19 @@ def test_wrong_input_width_names_the_layer():
         layer.apply(params, state, jnp.zeros((3, 5)))
     with pytest.raises(ValueError, match="pieces"):
         nn.Maxout(2, pieces=0)
+    params, _ = nn.Maxout(np.int64(2), pieces=np.int64(3)).init(jax.random.key(0), (4,))
+    chex.assert_shape(params["w"], (4, 6))
+
+
+@pytest.mark.parametrize("params,words", [
+    ({"w": jnp.zeros((4, 4)), "b": jnp.zeros(4)}, ["Maxout", "params['w']", "(in, 6)", "(4, 4)"]),
+    ({"w": jnp.zeros((4, 6)), "b": jnp.zeros(3)}, ["Maxout", "params['b']", "(6,)", "(3,)"]),
+    ({"w": jnp.zeros(6), "b": jnp.zeros(6)}, ["Maxout", "(in, 6)", "(6,)"]),
+])
+def test_parameters_of_another_layer_are_rejected(params, words):
+    layer = nn.Maxout(3, pieces=2)
+    for run in (layer.apply, jax.jit(layer.apply)):
+        with pytest.raises(ValueError) as error:
+            run(params, {}, jnp.zeros((2, 4)))
+        for word in words:
+            assert word in str(error.value), str(error.value)

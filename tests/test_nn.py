@@ -72,6 +72,74 @@ def test_wrong_shape_error_raised_under_jit_too():
         jax.jit(lambda x: layer.apply(params, state, x))(jnp.zeros((2, 5)))
 
 
+@pytest.mark.parametrize("params,words", [
+    ({"w": jnp.zeros((4, 5)), "b": jnp.zeros(3)}, ["Dense", "params['w']", "(in, 3)", "(4, 5)"]),
+    ({"w": jnp.zeros((4, 3)), "b": jnp.zeros(5)}, ["Dense", "params['b']", "(3,)", "(5,)"]),
+    ({"w": jnp.zeros(4), "b": jnp.zeros(3)}, ["Dense", "(in, 3)", "(4,)"]),
+    ({"w": jnp.zeros((4, 3))}, ["Dense", "'b'", "'w'"]),
+])
+def test_dense_rejects_parameters_of_another_layer(params, words):
+    layer = nn.Dense(3)
+    for run in (layer.apply, jax.jit(layer.apply)):
+        with pytest.raises(ValueError) as error:
+            run(params, {}, jnp.zeros((2, 4)))
+        for word in words:
+            assert word in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("combinator", [nn.serial, nn.parallel])
+def test_combinators_reject_params_or_state_of_another_model(combinator):
+    model = combinator(nn.Dense(3), nn.Relu())
+    params, state = model.init(jax.random.key(0), (4,))
+    x = jnp.zeros((2, 4))
+    name = combinator.__name__
+    for bad_params, bad_state, what in [(params[:1], state, "params"), (params[0], state, "params"),
+                                        (params, state + ({},), "state")]:
+        for run in (model.apply, model.forward):
+            with pytest.raises(ValueError, match=f"{name}: expected {what} as a tuple of 2 "
+                                                 f"entries, one per layer, received"):
+                run(bad_params, bad_state, x)
+    y, _, res = model.forward(params, state, x)
+    with pytest.raises(ValueError, match=f"{name}: expected params as a tuple of 2 entries"):
+        model.backward(params + ({},), res, y)
+
+
+@pytest.mark.parametrize("combinator", [nn.serial, nn.parallel, nn.residual])
+def test_combinators_reject_arguments_that_are_not_layers(combinator):
+    name = combinator.__name__
+    with pytest.raises(TypeError, match=rf"{name}: expected a Layer at position 1, received "
+                                        rf"<function Relu .*call the factory: Relu\(\)"):
+        combinator(nn.Dense(3), nn.Relu)
+    with pytest.raises(TypeError, match=f"{name}: expected a Layer at position 0, received 3"):
+        combinator(3)
+
+
+def test_relu_keeps_nan_as_jax_nn_relu_does(x64):
+    z = jnp.array([jnp.nan, -1.0, 0.0, 2.0])
+    chex.assert_trees_all_equal(nn.relu(z), jax.nn.relu(z))
+    y, _ = nn.Relu().apply({}, {}, z.reshape(1, 4))
+    assert bool(jnp.isnan(y[0, 0]))
+    chex.assert_trees_all_equal(nn.relu_prime(z), jax.vmap(jax.grad(nn.relu))(z))
+
+
+def test_numpy_integers_are_accepted_as_sizes_and_bools_are_not():
+    layer = nn.Dense(np.int64(3))
+    params, _ = layer.init(jax.random.key(0), (np.int64(4),))
+    chex.assert_shape(params["w"], (4, 3))
+    assert layer.output_shape((4,)) == (3,) and type(layer.output_shape((4,))[0]) is int
+    with pytest.raises(ValueError, match="Dense: expected a positive int number of outputs"):
+        nn.Dense(True)
+
+
+@pytest.mark.parametrize("layer,name", [(nn.Dense(3), "Dense"), (nn.PRelu(), "PRelu"),
+                                        (nn.serial(nn.Dense(3)), "serial"),
+                                        (nn.parallel(nn.Relu()), "parallel")])
+def test_init_with_a_bare_int_shape_is_a_clear_error(layer, name):
+    with pytest.raises(ValueError, match=rf"{name}: expected a per-example input shape \(a "
+                                         rf"tuple of ints .*\), received 784"):
+        layer.init(jax.random.key(0), 784)
+
+
 def test_integer_input_is_a_type_error():
     layer = nn.Relu()
     with pytest.raises(TypeError, match="Relu: expected a floating-point input"):

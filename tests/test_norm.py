@@ -112,6 +112,44 @@ def test_wrong_channel_count_names_the_layer():
         layer.apply(params, state, jnp.zeros((2, 4, 4, 2)))
 
 
+@pytest.mark.parametrize("shape,count", [((1, 3), 1), ((0, 3), 0), ((0, 4, 4, 3), 0)])
+def test_training_needs_more_than_one_value_per_channel(shape, count):
+    """With one value per channel the batch variance is 0: y = β, ∂L/∂x = 0, and the running
+    variance collapses; with none the statistics are NaN. Eval is fine (running statistics)."""
+    layer = nn.BatchNorm()
+    params, state = layer.init(jax.random.key(0), shape[1:])
+    x = jnp.ones(shape)
+    message = (f"BatchNorm: expected more than 1 value per channel in training, received "
+               f"an input of shape .* \\({count} per channel\\)")
+    for run in (layer.apply, jax.jit(layer.apply, static_argnames="train")):
+        with pytest.raises(ValueError, match=message):
+            run(params, state, x, train=True)
+    with pytest.raises(ValueError, match=message):
+        layer.forward(params, state, x, train=True)
+    y, _ = layer.apply(params, state, x)
+    chex.assert_shape(y, shape)
+
+
+@pytest.mark.parametrize("params,state,words", [
+    ({"scale": jnp.ones(3), "offset": jnp.zeros(4)}, {"mean": jnp.zeros(3), "var": jnp.ones(3)},
+     ["BatchNorm", "params['offset']", "(3,)", "(4,)"]),
+    ({"scale": jnp.ones(3), "offset": jnp.zeros(3)}, {"mean": jnp.zeros(3), "var": jnp.ones(2)},
+     ["BatchNorm", "state['var']", "(3,)", "(2,)"]),
+    ({"scale": jnp.ones(3), "offset": jnp.zeros(3)}, {},
+     ["BatchNorm", "state", "'mean'"]),
+    ({"scale": jnp.ones((1, 3)), "offset": jnp.zeros(3)},
+     {"mean": jnp.zeros(3), "var": jnp.ones(3)},
+     ["BatchNorm", "params['scale']", "(channels,)", "(1, 3)"]),
+])
+def test_parameters_or_state_of_another_layer_are_rejected(params, state, words):
+    layer = nn.BatchNorm()
+    for train in (False, True):
+        with pytest.raises(ValueError) as error:
+            layer.apply(params, state, jnp.zeros((2, 3)), train=train)
+        for word in words:
+            assert word in str(error.value), str(error.value)
+
+
 def test_a_cnn_with_batch_norm_trains_its_state_through_value_and_grad():
     model = nn.serial(nn.Conv2D(2, 3), nn.BatchNorm(), nn.Relu(), nn.Flatten(), nn.Dense(2))
     params, state = model.init(jax.random.key(0), (5, 5, 1))

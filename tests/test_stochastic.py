@@ -104,3 +104,14 @@ def test_backward_reuses_the_forward_mask():
 def test_rate_outside_unit_interval_is_rejected(factory, rate):
     with pytest.raises(ValueError, match="drop rate"):
         factory(rate)
+
+
+def test_numpy_numbers_are_accepted_as_rates_and_sizes():
+    x = jnp.ones((2, 4))
+    y, _ = nn.Dropout(np.float32(0.5)).apply({}, {}, x, key=jax.random.key(0), train=True)
+    assert set(np.unique(y)) <= {0.0, 2.0}
+    layer = nn.DropConnect(np.int64(3), np.float64(0.5))
+    params, _ = layer.init(jax.random.key(0), (4,))
+    chex.assert_shape(params["w"], (4, 3))
+    with pytest.raises(ValueError, match="drop rate"):
+        nn.Dropout(False)

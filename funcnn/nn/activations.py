@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcnn.nn.core import Layer, along_last_axis, check_floating
+from funcnn.nn.core import Layer, along_last_axis, check_floating, check_in_shape
 
 
 def sigmoid(z):
@@ -56,13 +56,13 @@ def softsign_prime(z):
 
 
 def relu(z):
-    """max(0, z)."""
-    return jnp.where(z > 0, z, jnp.zeros_like(z))
+    """max(0, z); NaN stays NaN (as jax.nn.relu), so that a divergence is not hidden."""
+    return jnp.where(z <= 0, jnp.zeros_like(z), z)
 
 
 def relu_prime(z):
-    """1[z > 0]."""
-    return (z > 0).astype(z.dtype)
+    """1[z > 0] (1 at NaN, as `jax.grad` of `relu`)."""
+    return jnp.where(z <= 0, jnp.zeros_like(z), jnp.ones_like(z))
 
 
 def leaky_relu(z, slope=0.01):
@@ -176,7 +176,8 @@ def PRelu(init_slope: float = 0.25) -> Layer:
 
     def init(key, in_shape):
         del key
-        return {"slope": jnp.full((in_shape[-1],), init_slope, jnp.float32)}, {}
+        channels = check_in_shape("PRelu", in_shape, 1)[-1]
+        return {"slope": jnp.full((channels,), init_slope, jnp.float32)}, {}
 
     def forward(params, state, z, *, key=None, train=False):
         del key, train

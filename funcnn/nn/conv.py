@@ -14,19 +14,20 @@ import numpy as np
 from jax import lax
 
 from funcnn import init as initializers
-from funcnn.nn.core import (Layer, along_last_axis, carried_shape, check_floating, describe_shape,
+from funcnn.nn.core import (Layer, along_last_axis, carried_shape, check_entry, check_floating,
+                            check_in_shape, describe_shape, first_max, is_positive_int,
                             shape_carrier)
 
 _NHWC = "(batch, height, width, channels)"
 
 
 def _pair(name: str, what: str, value) -> tuple[int, int]:
-    """An int or a pair of ints → a pair of positive ints."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+    """An int or a pair of ints (NumPy ints too) → a pair of positive Python ints."""
+    pair = tuple(value) if np.iterable(value) else (value, value)
+    if len(pair) != 2 or not all(is_positive_int(v) for v in pair):
         raise ValueError(f"{name}: expected {what} as a positive int or a pair of positive ints, "
                          f"received {value!r}")
-    return pair
+    return int(pair[0]), int(pair[1])
 
 
 def _check_image(name: str, x, channels: int | None = None) -> None:
@@ -43,7 +44,7 @@ def _check_image(name: str, x, channels: int | None = None) -> None:
 
 
 def _check_in_shape(name: str, in_shape) -> None:
-    if len(in_shape) != 3:
+    if len(check_in_shape(name, in_shape)) != 3:
         raise ValueError(f"{name}: expected a per-example input shape (height, width, channels), "
                          f"received {describe_shape(in_shape)}")
 
@@ -205,9 +206,10 @@ def Conv2D(features: int, kernel, strides=1, padding: str = "VALID", w_init=init
     >>> layer = Conv2D(8, 5, padding="SAME")
     >>> params, state = layer.init(jax.random.key(0), (28, 28, 1))   # w: (5, 5, 1, 8)
     """
-    if not (isinstance(features, int) and features > 0):
+    if not is_positive_int(features):
         raise ValueError(f"Conv2D: expected a positive int number of features, received "
                          f"{features!r}")
+    features = int(features)
     kernel_hw = _pair("Conv2D", "the kernel size", kernel)
     strides = _pair("Conv2D", "the strides", strides)
     if padding not in ("VALID", "SAME"):
@@ -231,10 +233,12 @@ def Conv2D(features: int, kernel, strides=1, padding: str = "VALID", w_init=init
                 "b": b_init(b_key, (features,))}, {}
 
     def operands(params, x):
-        _check_image("Conv2D", x, params["w"].shape[2])
+        w = check_entry("Conv2D", "params", params, "w", kernel_hw + ("cin", features))
+        check_entry("Conv2D", "params", params, "b", (features,))
+        _check_image("Conv2D", x, w.shape[2])
         output_shape(x.shape[1:])
-        dtype = jnp.result_type(x, params["w"])   # promote as `x @ w` would
-        return x.astype(dtype), params["w"].astype(dtype), pads_for(x.shape[1:3])
+        dtype = jnp.result_type(x, w)   # promote as `x @ w` would
+        return x.astype(dtype), w.astype(dtype), pads_for(x.shape[1:3])
 
     def with_bias(params, y):
         return y + along_last_axis(params["b"], 4)
@@ -356,9 +360,10 @@ def MaxPool(window, strides=None) -> Layer:
 
     x: (batch, h, w, c) → (batch, ⌊(h − kh)/sh⌋ + 1, ⌊(w − kw)/sw⌋ + 1, c); strides=None means
     strides = window. Backward routes δ to the window's winner; ties go to the first maximal
-    entry in row-major window order (top row first, then left to right). With overlapping
-    windows an input that wins several windows receives the sum of their δ. `branches` is the
-    winner's index in the window, so `fn.gradcheck` reports a winner change as a kink.
+    entry in row-major window order (top row first, then left to right), and so does `jax.grad`
+    of `apply`. With overlapping windows an input that wins several windows receives the sum of
+    their δ. `branches` is the winner's index in the window, so `fn.gradcheck` reports a winner
+    change as a kink.
     """
     window, strides = _pool_geometry("MaxPool", window, strides)
     output_shape = _pool_output_shape("MaxPool", window, strides)
@@ -371,8 +376,8 @@ def MaxPool(window, strides=None) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False):
         del params, key
-        if train and _on_xla_cpu():   # autodiff of a max over stacked windows stays fast
-            return jnp.max(winners(x)[0], axis=3), state
+        if train and _on_xla_cpu():   # autodiff of a selection from stacked windows stays fast
+            return first_max(winners(x)[0], axis=3)[0], state
         _check_image("MaxPool", x)
         output_shape(x.shape[1:])
         return _window_reduce(x, lax.max, -jnp.inf, window, strides), state
@@ -423,7 +428,8 @@ def L2Pool(window, strides=None) -> Layer:
     """L2 pooling over VALID windows: y = √(Σ_window x²); shapes as `MaxPool`.
 
     Backward: ∂y/∂x_i = x_i / y for each window containing i, so ∂L/∂x = x ⊙ Σ_windows δ/y.
-    At an all-zero window (y = 0, where √ has no derivative) the gradient is taken as 0.
+    At an all-zero window (y = 0, where √ has no derivative) the gradient is taken as 0, by the
+    hand-written backward and by `jax.grad` alike (the forward's √ is guarded at 0).
     """
     window, strides = _pool_geometry("L2Pool", window, strides)
     output_shape = _pool_output_shape("L2Pool", window, strides)
@@ -432,7 +438,10 @@ def L2Pool(window, strides=None) -> Layer:
         del params, key, train
         _check_image("L2Pool", x)
         output_shape(x.shape[1:])
-        y = jnp.sqrt(_window_reduce(x * x, lax.add, 0, window, strides))
+        squares = _window_reduce(x * x, lax.add, 0, window, strides)
+        positive = squares > 0   # √'s derivative at 0 is infinite: autodiff gets 0 there too
+        y = jnp.where(positive, jnp.sqrt(jnp.where(positive, squares, jnp.ones_like(squares))),
+                      jnp.zeros_like(squares))
         return y, state, (x, y)
 
     def backward(params, residuals, dy):

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import init as initializers
-from funcnn.nn.core import (Layer, along_last_axis, carried_shape, check_floating, check_last_dim,
-                            shape_carrier)
+from funcnn.nn.core import (Layer, along_last_axis, carried_shape, check_entry, check_floating,
+                            check_in_shape, check_last_dim, is_positive_int, shape_carrier)
 
 
 def Dense(out: int, w_init=initializers.lecun_normal, b_init=initializers.zeros) -> Layer:
@@ -17,12 +17,13 @@ def Dense(out: int, w_init=initializers.lecun_normal, b_init=initializers.zeros)
     x: (batch, ..., in); params {"w": (in, out), "b": (out,)}; z: (batch, ..., out).
     Backward (the notes' BP3/BP4 with a = x): ∂L/∂W = xᵀδ, ∂L/∂b = Σ_batch δ, ∂L/∂x = δWᵀ.
     """
-    if not (isinstance(out, int) and out > 0):
+    if not is_positive_int(out):
         raise ValueError(f"Dense: expected a positive int number of outputs, received {out!r}")
+    out = int(out)
 
     def init(key, in_shape):
         w_key, b_key = jax.random.split(key)
-        fan_in = in_shape[-1]
+        fan_in = check_in_shape("Dense", in_shape, 1)[-1]
         return {"w": w_init(w_key, (fan_in, out)), "b": b_init(b_key, (out,))}, {}
 
     def output_shape(in_shape):
@@ -30,8 +31,10 @@ def Dense(out: int, w_init=initializers.lecun_normal, b_init=initializers.zeros)
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
-        check_last_dim("Dense", x, params["w"].shape[0])
-        return x @ params["w"] + along_last_axis(params["b"], x.ndim), state, x
+        w = check_entry("Dense", "params", params, "w", ("in", out))
+        check_last_dim("Dense", x, w.shape[0])
+        b = check_entry("Dense", "params", params, "b", (out,))
+        return x @ w + along_last_axis(b, x.ndim), state, x
 
     def backward(params, x, dz):
         x2 = x.reshape(-1, x.shape[-1])

@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import init as initializers
-from funcnn.nn.core import Layer, along_last_axis, check_last_dim
+from funcnn.nn.core import (Layer, along_last_axis, check_entry, check_in_shape, check_last_dim,
+                            first_max, is_positive_int)
 
 
 def Maxout(out: int, pieces: int = 2, w_init=initializers.lecun_normal,
@@ -15,17 +16,19 @@ def Maxout(out: int, pieces: int = 2, w_init=initializers.lecun_normal,
     x: (batch, ..., in); y: (batch, ..., out). params {"w": (in, pieces·out), "b": (pieces·out,)},
     piece-major: column k·out + j is piece k of unit j, so w.reshape(in, pieces, out)[:, k] is the
     k-th map's weight matrix (and fan-in for `w_init` is `in`). Backward routes δ_j to the winning
-    piece (the first one on ties): with z = x·W + b and e = one-hot of the winner,
-    ∂L/∂z = e ⊙ δ, ∂L/∂W = xᵀ ∂L/∂z, ∂L/∂b = Σ ∂L/∂z, ∂L/∂x = ∂L/∂z Wᵀ. `branches` is the winner.
+    piece (the first one on ties, as `jax.grad` of `apply` does): with z = x·W + b and e = one-hot
+    of the winner, ∂L/∂z = e ⊙ δ, ∂L/∂W = xᵀ ∂L/∂z, ∂L/∂b = Σ ∂L/∂z, ∂L/∂x = ∂L/∂z Wᵀ.
+    `branches` is the winner.
     """
-    if not (isinstance(out, int) and out > 0):
+    if not is_positive_int(out):
         raise ValueError(f"Maxout: expected a positive int number of outputs, received {out!r}")
-    if not (isinstance(pieces, int) and pieces > 0):
+    if not is_positive_int(pieces):
         raise ValueError(f"Maxout: expected a positive int number of pieces, received {pieces!r}")
+    out, pieces = int(out), int(pieces)
 
     def init(key, in_shape):
         w_key, b_key = jax.random.split(key)
-        return {"w": w_init(w_key, (in_shape[-1], pieces * out)),
+        return {"w": w_init(w_key, (check_in_shape("Maxout", in_shape, 1)[-1], pieces * out)),
                 "b": b_init(b_key, (pieces * out,))}, {}
 
     def output_shape(in_shape):
@@ -33,15 +36,16 @@ def Maxout(out: int, pieces: int = 2, w_init=initializers.lecun_normal,
 
     def candidates(params, x):
         """z = x·W + b as (batch, ..., pieces, out)."""
-        check_last_dim("Maxout", x, params["w"].shape[0])
-        z = x @ params["w"] + along_last_axis(params["b"], x.ndim)
+        w = check_entry("Maxout", "params", params, "w", ("in", pieces * out))
+        check_last_dim("Maxout", x, w.shape[0])
+        b = check_entry("Maxout", "params", params, "b", (pieces * out,))
+        z = x @ w + along_last_axis(b, x.ndim)
         return z.reshape(z.shape[:-1] + (pieces, out))
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
-        z = candidates(params, x)
-        winner = jnp.argmax(z, axis=-2).astype(jnp.int32)
-        return jnp.max(z, axis=-2), state, (x, winner)
+        y, winner = first_max(candidates(params, x), axis=-2)
+        return y, state, (x, winner)
 
     def backward(params, residuals, dy):
         x, winner = residuals

@@ -2,13 +2,15 @@
 statistics."""
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from funcnn import init as initializers
-from funcnn.nn.core import Layer, along_last_axis, check_last_dim
+from funcnn.nn.core import (Layer, along_last_axis, check_entry, check_in_shape, check_last_dim,
+                            describe_shape)
 
 
 class _BatchResiduals(NamedTuple):
@@ -35,7 +37,8 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5, scale_init=initializers.
     "var": (c,)} (initially 0 and 1).
     Backward (training, through μ and σ²): with g = δ ⊙ γ and sums over the m positions,
     ∂L/∂x = (1/√(σ²+ε)) · (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)); ∂L/∂γ = Σ δ ⊙ x̂; ∂L/∂β = Σ δ.
-    Eval: ∂L/∂x = g/√(σ²+ε).
+    Eval: ∂L/∂x = g/√(σ²+ε). Training needs m ≥ 2 (with one value per channel σ²_B = 0: y = β
+    and ∂L/∂x = 0), and raises ValueError otherwise, as PyTorch does.
     """
     if not 0 <= momentum <= 1:
         raise ValueError(f"BatchNorm: expected a momentum in [0, 1], received {momentum!r}")
@@ -44,15 +47,26 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5, scale_init=initializers.
 
     def init(key, in_shape):
         scale_key, offset_key = jax.random.split(key)
-        c = in_shape[-1]
+        c = check_in_shape("BatchNorm", in_shape, 1)[-1]
         return ({"scale": scale_init(scale_key, (c,)), "offset": offset_init(offset_key, (c,))},
                 {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)})
 
     def forward(params, state, x, *, key=None, train=False):
         del key
-        check_last_dim("BatchNorm", x, params["scale"].shape[0], "channels")
+        scale = check_entry("BatchNorm", "params", params, "scale", ("channels",))
+        c = scale.shape[0]
+        check_last_dim("BatchNorm", x, c, "channels")
+        offset = check_entry("BatchNorm", "params", params, "offset", (c,))
+        for name in ("mean", "var"):
+            check_entry("BatchNorm", "state", state, name, (c,))
         axes = tuple(range(x.ndim - 1))
         if train:
+            count = math.prod(x.shape[:-1])
+            if count < 2:
+                raise ValueError(f"BatchNorm: expected more than 1 value per channel in training, "
+                                 f"received an input of shape {describe_shape(x.shape)} ({count} "
+                                 f"per channel); use train=False to normalise with the running "
+                                 f"statistics")
             mean = jnp.mean(x, axis=axes)
             centred = x - along_last_axis(mean, x.ndim)
             var = jnp.mean(centred * centred, axis=axes)
@@ -65,8 +79,7 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5, scale_init=initializers.
             inv_std = jax.lax.rsqrt(state["var"].astype(x.dtype) + eps)
             make = _RunningResiduals
         xhat = centred * along_last_axis(inv_std, x.ndim)
-        y = xhat * along_last_axis(params["scale"], x.ndim) + along_last_axis(params["offset"],
-                                                                              x.ndim)
+        y = xhat * along_last_axis(scale, x.ndim) + along_last_axis(offset, x.ndim)
         return y, state, make(xhat, inv_std)
 
     def backward(params, residuals, dy):

@@ -7,15 +7,18 @@ scaled mask is a residual: backward multiplies by the very mask the forward pass
 """
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 
 from funcnn import init as initializers
-from funcnn.nn.core import Layer, along_last_axis, check_floating, check_key, check_last_dim
+from funcnn.nn.core import (Layer, along_last_axis, check_entry, check_floating, check_in_shape,
+                            check_key, check_last_dim, is_positive_int)
 
 
 def _check_rate(name: str, rate) -> float:
-    if not (isinstance(rate, (int, float)) and 0 <= rate < 1):
+    if not (isinstance(rate, numbers.Real) and not isinstance(rate, bool) and 0 <= rate < 1):
         raise ValueError(f"{name}: expected a drop rate in [0, 1), received {rate!r}")
     return float(rate)
 
@@ -64,25 +67,27 @@ def DropConnect(out: int, rate: float, w_init=initializers.lecun_normal,
     masked); at eval M = 1, a plain `Dense`. x: (batch, ..., in); params {"w": (in, out),
     "b": (out,)} as `Dense`. Backward: ∂L/∂W = (xᵀδ) ⊙ M, ∂L/∂b = Σ δ, ∂L/∂x = δ (W ⊙ M)ᵀ.
     """
-    if not (isinstance(out, int) and out > 0):
+    if not is_positive_int(out):
         raise ValueError(f"DropConnect: expected a positive int number of outputs, received "
                          f"{out!r}")
-    rate = _check_rate("DropConnect", rate)
+    out, rate = int(out), _check_rate("DropConnect", rate)
 
     def init(key, in_shape):
         w_key, b_key = jax.random.split(key)
-        return {"w": w_init(w_key, (in_shape[-1], out)), "b": b_init(b_key, (out,))}, {}
+        fan_in = check_in_shape("DropConnect", in_shape, 1)[-1]
+        return {"w": w_init(w_key, (fan_in, out)), "b": b_init(b_key, (out,))}, {}
 
     def output_shape(in_shape):
         return tuple(in_shape[:-1]) + (out,)
 
     def forward(params, state, x, *, key=None, train=False):
-        w = params["w"]
+        w = check_entry("DropConnect", "params", params, "w", ("in", out))
         check_last_dim("DropConnect", x, w.shape[0])
+        b = check_entry("DropConnect", "params", params, "b", (out,))
         check_key("DropConnect", key, train)
         mask = _scaled_mask(key, rate, w.shape, w.dtype) if train else ()
         masked = w * mask if train else w
-        return x @ masked + along_last_axis(params["b"], x.ndim), state, (x, mask)
+        return x @ masked + along_last_axis(b, x.ndim), state, (x, mask)
 
     def backward(params, residuals, dz):
         x, mask = residuals
