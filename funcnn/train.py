@@ -271,13 +271,13 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *, guard:
     `order` holds the (steps, batch_size) example indices (`epoch_order`, as `fit` uses); by
     default they come from `jax.random.permutation`, so the epoch stays traceable end to end.
     `carry` is an `EpochCarry` with `bad_step = -1`. With `guard`, a step whose loss, gradients,
-    new parameters or new states are not finite (make_step's "finite") is not applied, nor any after it (their metric rows are
-    NaN): the carry keeps the last good values and `bad_step` is that step's index. Without it
-    the epoch runs faster and `bad_step` is the first step with a non-finite loss, which only
-    flags divergence: `fit` also checks the final values (NaN and ±inf persist through every
-    update rule) and replays a diverged epoch guarded to find the step. Metrics have one row
-    per step; "update_ratio" is sampled every `RATIO_EVERY` steps (NaN rows between). Jit it,
-    or vmap it over carries and keys.
+    new parameters or new states are not finite (make_step's "finite") is not applied, nor any
+    after it (their metric rows are NaN): the carry keeps the last good values and `bad_step`
+    is that step's index. Without it the epoch runs faster and `bad_step` is the first step with
+    a non-finite loss, which only flags divergence: `fit` also checks the final values (NaN and
+    ±inf persist through every update rule) and replays a diverged epoch guarded to find the
+    step. Metrics have one row per step; "update_ratio" is sampled every `RATIO_EVERY` steps
+    (NaN rows between). Jit it, or vmap it over carries and keys.
     """
 
     scan = _epoch_scan(step, batch_size, augment, guard)
