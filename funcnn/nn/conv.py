@@ -16,7 +16,7 @@ from jax import lax
 from funcnn import init as initializers
 from funcnn.nn.core import (Layer, along_last_axis, carried_shape, check_entry, check_floating,
                             check_in_shape, describe_shape, first_max, is_positive_int,
-                            shape_carrier)
+                            route_to_winner, shape_carrier)
 
 _NHWC = "(batch, height, width, channels)"
 
@@ -369,30 +369,28 @@ def MaxPool(window, strides=None) -> Layer:
     output_shape = _pool_output_shape("MaxPool", window, strides)
 
     def winners(x):
+        """(y, the winner's index in its window): the first maximum of the stacked windows."""
         _check_image("MaxPool", x)
         out_hw = output_shape(x.shape[1:])[:2]
-        stacked = _window_stack(x, window, strides, out_hw)
-        return stacked, jnp.argmax(stacked, axis=3).astype(jnp.int32)   # first maximum on ties
+        return first_max(_window_stack(x, window, strides, out_hw), axis=3)
 
     def apply(params, state, x, *, key=None, train=False):
         del params, key
         if train and _on_xla_cpu():   # autodiff of a selection from stacked windows stays fast
-            return first_max(winners(x)[0], axis=3)[0], state
+            return winners(x)[0], state
         _check_image("MaxPool", x)
         output_shape(x.shape[1:])
         return _window_reduce(x, lax.max, -jnp.inf, window, strides), state
 
     def forward(params, state, x, *, key=None, train=False):
         del params, key, train
-        stacked, winner = winners(x)
-        return jnp.max(stacked, axis=3), state, (winner, shape_carrier(x))
+        y, winner = winners(x)
+        return y, state, (winner, shape_carrier(x))
 
     def backward(params, residuals, dy):
         del params
         winner, carrier = residuals
-        slots = lax.broadcasted_iota(jnp.int32, (1, 1, 1, window[0] * window[1], 1), 3)
-        routed = jnp.where(winner[:, :, :, None, :] == slots, dy[:, :, :, None, :],
-                           jnp.zeros((), dy.dtype))
+        routed = route_to_winner(dy, winner, window[0] * window[1], 3)
         return {}, _window_unstack(routed, carried_shape(carrier)[1:3], window, strides)
 
     def branches(params, state, x, *, key=None, train=False):

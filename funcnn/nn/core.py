@@ -336,7 +336,20 @@ def first_max(z, axis: int):
     """
     axis = axis % z.ndim
     winner = jnp.argmax(z, axis=axis).astype(jnp.int32)
-    slots = lax.broadcasted_iota(jnp.int32, tuple(n if a == axis else 1
-                                                  for a, n in enumerate(z.shape)), axis)
-    chosen = jnp.expand_dims(winner, axis) == slots
+    chosen = _is_winner(winner, z.shape[axis], axis)
     return jnp.sum(jnp.where(chosen, z, jnp.zeros((), z.dtype)), axis=axis), winner
+
+
+def route_to_winner(dy, winner, size: int, axis: int):
+    """The transpose of `first_max`'s selection: δ at each winner's slot of a new `axis` of
+    `size` entries, zeros elsewhere (the backward of a max over that axis)."""
+    axis = axis % (dy.ndim + 1)
+    return jnp.where(_is_winner(winner, size, axis), jnp.expand_dims(dy, axis),
+                     jnp.zeros((), dy.dtype))
+
+
+def _is_winner(winner, size: int, axis: int):
+    """1[k = winner] for k along a new `axis` (≥ 0) of `size` entries, as a bool array."""
+    expanded = jnp.expand_dims(winner, axis)
+    shape = tuple(size if a == axis else 1 for a in range(expanded.ndim))
+    return expanded == lax.broadcasted_iota(jnp.int32, shape, axis)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from funcnn import init as initializers
 from funcnn.nn.core import (Layer, along_last_axis, check_entry, check_in_shape, check_last_dim,
-                            first_max, is_positive_int)
+                            first_max, is_positive_int, route_to_winner)
 
 
 def Maxout(out: int, pieces: int = 2, w_init=initializers.lecun_normal,
@@ -49,9 +49,7 @@ def Maxout(out: int, pieces: int = 2, w_init=initializers.lecun_normal,
 
     def backward(params, residuals, dy):
         x, winner = residuals
-        slots = jax.lax.broadcasted_iota(jnp.int32, (1,) * (dy.ndim - 1) + (pieces, 1), dy.ndim - 1)
-        dz = jnp.where(winner[..., None, :] == slots, dy[..., None, :], jnp.zeros((), dy.dtype))
-        dz = dz.reshape(dz.shape[:-2] + (pieces * out,))
+        dz = route_to_winner(dy, winner, pieces, -2).reshape(dy.shape[:-1] + (pieces * out,))
         x2, dz2 = x.reshape(-1, x.shape[-1]), dz.reshape(-1, pieces * out)
         return {"w": x2.T @ dz2, "b": jnp.sum(dz2, axis=0)}, dz @ params["w"].T
 
