@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnn import backprop, checkpoint, parallel
+from funcnn.nn.core import is_positive_int
 from funcnn.optim.base import all_finite, apply_updates
 from funcnn.paths import leaf_paths
 
@@ -353,8 +354,28 @@ def _finish_on_host(carry: EpochCarry, metrics, guard: bool):
     return (carry if guard else _flag_divergence(carry, metrics["loss"], np)), metrics
 
 
-def _build_epoch_runner(model, loss, optimizer, regularizer, hand_written, compute_dtype,
-                        batch_size, augment, mesh, streaming, guard):
+def _cached_when_hashable(maxsize: int):
+    """`functools.lru_cache` for functions of layers, losses and optimizers (immutable values,
+    hence hashable), computing afresh when an argument is not hashable."""
+    def decorate(build):
+        cached = functools.lru_cache(maxsize=maxsize)(build)
+
+        @functools.wraps(build)
+        def lookup(*args):
+            try:
+                return cached(*args)
+            except TypeError:   # an unhashable argument
+                return build(*args)
+
+        return lookup
+
+    return decorate
+
+
+@_cached_when_hashable(maxsize=16)
+def _epoch_runner(model, loss, optimizer, regularizer, hand_written, compute_dtype, batch_size,
+                  augment, mesh, streaming, guard):
+    """The compiled epoch for this configuration, reused across `fit` calls."""
     step = make_step(model, loss, optimizer, regularizer=regularizer, hand_written=hand_written,
                      compute_dtype=compute_dtype)
     if mesh is not None:
@@ -366,18 +387,6 @@ def _build_epoch_runner(model, loss, optimizer, regularizer, hand_written, compu
         return _finish_on_host(*run(carry, images, labels, epoch_key, order), guard)
 
     return epoch
-
-
-_cached_epoch_runner = functools.lru_cache(maxsize=16)(_build_epoch_runner)
-
-
-def _epoch_runner(*configuration):
-    """The compiled epoch for this configuration, reused across `fit` calls (layers, losses and
-    optimizers are immutable values, hence hashable); built afresh when something is not."""
-    try:
-        return _cached_epoch_runner(*configuration)
-    except TypeError:
-        return _build_epoch_runner(*configuration)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,6 +435,11 @@ def evaluate(model, loss, params, state, data, *, batch_size=1000) -> dict:
         raise ValueError(f"evaluate: expected as many targets as inputs (at least one), received "
                          f"{len(x)} inputs and {len(y)} targets")
     _check_labels("evaluate", model, x, y)
+    return _evaluate(model, loss, params, state, x, y, batch_size)
+
+
+def _evaluate(model, loss, params, state, x, y, batch_size=1000) -> dict:
+    """`evaluate` of checked device arrays (fit checks its validation data once, up front)."""
     totals = _compiled_totals(model, loss)
     parts = _batched(lambda xb, yb: totals(params, state, xb, yb), (x, y), batch_size)
     n = x.shape[0]
@@ -483,13 +497,20 @@ def _replay_early_stopping(early_stopping: EarlyStopping, result: FitResult,
     epoch so far and whether the run had already stopped."""
     best, stopped = None, False
     for epoch, value in enumerate(early_stopping.monitored(result.history), start=1):
-        if best is None or early_stopping.better(value, best.value):
-            best = _Best(value, epoch, None)
-        stopped = epoch - best.epoch >= early_stopping.patience
+        best, stopped = _judge_epoch(early_stopping, best, value, epoch, None)
     if best is not None:
         at_best = result if best.epoch == result.epoch else stored_best
         best = best._replace(result=at_best)
     return best, stopped
+
+
+def _judge_epoch(early_stopping: EarlyStopping, best: _Best | None, value: float, epoch: int,
+                 result: FitResult | None) -> tuple[_Best, bool]:
+    """Early stopping after `epoch` scored `value`: the best epoch so far, and whether patience
+    has run out."""
+    if best is None or early_stopping.better(value, best.value):
+        best = _Best(value, epoch, result)
+    return best, epoch - best.epoch >= early_stopping.patience
 
 
 def _restored(early_stopping: EarlyStopping | None, best: _Best | None, result: FitResult):
@@ -515,24 +536,15 @@ def _check_labels(name: str, model, x, y) -> None:
                          f"{classes} outputs, received labels from {low} to {high}")
 
 
+@_cached_when_hashable(maxsize=32)
 def _output_shape(model, in_shape: tuple, dtype):
     """The model's output shape for a batch of 2 inputs (a trace, nothing runs), or None when the
-    model cannot say; cached per model and input when the model is hashable."""
-    try:
-        return _cached_output_shape(model, in_shape, dtype)
-    except TypeError:   # an unhashable model
-        return _output_shape_of(model, in_shape, dtype)
-
-
-def _output_shape_of(model, in_shape, dtype):
+    outputs are not one array."""
     params, state = jax.eval_shape(lambda key: model.init(key, in_shape), jax.random.key(0))
     x = jax.ShapeDtypeStruct((2, *in_shape), dtype)
     outputs = jax.eval_shape(lambda p, s, xb: model.apply(p, s, xb, train=False)[0],
                              params, state, x)
     return getattr(outputs, "shape", None)
-
-
-_cached_output_shape = functools.lru_cache(maxsize=32)(_output_shape_of)
 
 
 def _nbytes(array) -> int:
@@ -574,6 +586,8 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     `make_step`.
     """
     x, y = train
+    if validation is not None:
+        validation = tuple(jnp.asarray(a) for a in validation)
     if len(x) != len(y):
         raise ValueError(f"fit: expected as many targets as inputs, received {len(x)} inputs and "
                          f"{len(y)} targets")
@@ -636,7 +650,8 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         for name, value in logs.items():
             history.setdefault(name, []).append(value)
         if validation is not None:
-            for name, value in evaluate(model, loss, carry.params, carry.state, validation).items():
+            for name, value in _evaluate(model, loss, carry.params, carry.state,
+                                         *validation).items():
                 history.setdefault(f"val_{name}", []).append(value)
         history["epoch_time"].append(elapsed)
         result = FitResult(carry.params, carry.state, carry.opt_state, history, epoch)
@@ -652,10 +667,8 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         if progress:
             _print_progress(epoch, epochs, history, (len(x) // batch_size) * batch_size / elapsed)
         if early_stopping is not None:
-            value = early_stopping.monitored(history)[-1]
-            if best is None or early_stopping.better(value, best.value):
-                best = _Best(value, epoch, result)
-            stopped = epoch - best.epoch >= early_stopping.patience
+            best, stopped = _judge_epoch(early_stopping, best,
+                                         early_stopping.monitored(history)[-1], epoch, result)
         stopped = stopped or any(callback(epoch, {k: v[-1] for k, v in history.items()}, result)
                                  for callback in callbacks)
         if checkpoint_path is not None and (epoch % checkpoint_every == 0 or epoch == epochs
@@ -680,8 +693,7 @@ def _nonfinite_rows(images, rows) -> list[int]:
 
 def _check_count(name: str, what: str, value, most: tuple[int, str] | None = None) -> None:
     """Raise unless `value` is an int ≥ 1 (and ≤ `most`, a (bound, what the bound is) pair)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1 \
-            or (most is not None and value > most[0]):
+    if not is_positive_int(value) or (most is not None and value > most[0]):
         bound = f"an int in [1, {most[0]}] ({most[1]})" if most else "an int ≥ 1"
         raise ValueError(f"{name}: expected {what} to be {bound}, received {value!r}")
 
