@@ -17,7 +17,7 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -113,11 +113,15 @@ def _checksum(structure: bytes, arrays: list) -> str:
 # Save and load.
 
 
-def _umask() -> int:
-    """The process's umask (read by setting it; the brief stand-in 0o077 is the strictest)."""
-    current = os.umask(0o077)
-    os.umask(current)
-    return current
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new file beside `path` (an unused random name), opened for writing with mode 0o666 so
+    that the umask applies as for `open(path, "w")` (mkstemp would make it 0o600)."""
+    while True:
+        name = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:
+            continue
 
 
 def save(path, tree) -> Path:
@@ -135,10 +139,9 @@ def save(path, tree) -> Path:
     payload["__structure__"] = np.frombuffer(structure, np.uint8)
     payload["__checksum__"] = np.frombuffer(_checksum(structure, arrays).encode(), np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = _create_temporary(path)
     try:
         with os.fdopen(handle, "wb") as out:
-            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp gives 0600; open() honours umask
             np.savez(out, **payload)
             out.flush()
             os.fsync(out.fileno())
