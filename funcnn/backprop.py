@@ -52,7 +52,8 @@ def cast_floats(tree, dtype):
 
 def at_least_float32(outputs):
     """Outputs as float32 when narrower (bfloat16, float16), so losses never run in less."""
-    return outputs.astype(jnp.promote_types(outputs.dtype, jnp.float32))
+    narrow = jnp.issubdtype(outputs.dtype, jnp.floating) and jnp.finfo(outputs.dtype).bits < 32
+    return outputs.astype(jnp.float32) if narrow else outputs
 
 
 def value_and_grad(model: Layer, loss, **loss_kwargs):

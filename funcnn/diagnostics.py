@@ -6,6 +6,7 @@ The notes' checklist, as pure functions:
     fn.diagnostics.overfit_check(model, loss, opt, x, y, key=key)   # can it memorise 20 examples?
     stats = fn.diagnostics.layer_stats(layers, loss, params, state, x, y)   # jittable
     fn.diagnostics.update_ratios(params, updates)                   # ‖Δθ‖/‖θ‖ ≈ 1e-3 per leaf
+    fn.diagnostics.find_nonfinite(model, loss, params, state, x, y)   # where did a NaN start?
 
 Per-layer statistics walk the layers one by one: pass a `fn.nn.serial` model (its `.children`)
 or the list of layers given to it (the serial model's params tuple matches either).
@@ -23,7 +24,10 @@ import numpy as np
 
 from funcnn import backprop
 from funcnn import train as _train
-from funcnn.nn.core import Layer
+from funcnn.train.cache import compiled
+from funcnn.train.evaluate import outputs_program
+from funcnn.nn.core import Layer, child_key
+from funcnn.paths import leaf_paths
 
 update_ratios = _train.update_ratios   # ‖update‖ / ‖param‖ per leaf, keyed by leaf path
 
@@ -157,6 +161,136 @@ def format_stats(stats: Sequence[LayerStats]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# The origin of a NaN or an Inf.
+
+
+@dataclasses.dataclass(frozen=True)
+class NonFiniteReport:
+    """Where the first NaN or Inf of a training step appeared (`find_nonfinite`).
+
+    `layer`: the layer's path name ("2/Dense"; "3/1/Dense" inside a nested serial), "input" for
+    the data, "loss" for the loss. `where`: "forward" (its output), "backward" (its input
+    gradient dx), "gradient" (a parameter gradient), "update" (the optimizer's update).
+    `leaf`: the parameter ("w") whose gradient or update is non-finite; for "backward", the
+    first non-finite parameter gradient of the same call; for "forward", a non-finite parameter
+    of the layer, if any. `stats` of the offending array: "min" and "max" (over its non-NaN
+    entries), "nan" and "inf" (counts), "size".
+    """
+
+    layer: str
+    where: str
+    leaf: str | None
+    stats: dict
+
+    def __str__(self):
+        s = self.stats
+        leaf = f" ({self.leaf})" if self.leaf else ""
+        return (f"first non-finite value: {self.where} of {self.layer}{leaf}: {s['nan']} NaN and "
+                f"{s['inf']} Inf among {s['size']} values, others in [{s['min']:g}, {s['max']:g}]")
+
+
+def _first_nonfinite(tree):
+    """(path, leaf) of the first floating-point leaf of `tree` holding a NaN or an Inf, or None."""
+    for name, leaf in zip(leaf_paths(tree), jax.tree.leaves(tree)):
+        if (jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+                and not np.isfinite(np.asarray(leaf)).all()):   # numpy: no compile per shape
+            return name, leaf
+    return None
+
+
+def _nonfinite_stats(a) -> dict:
+    a = np.asarray(a, np.float64)
+    nan = np.isnan(a)
+    seen = a[~nan]
+    return {"min": float(seen.min()) if seen.size else math.nan,
+            "max": float(seen.max()) if seen.size else math.nan,
+            "nan": int(nan.sum()), "inf": int(np.isinf(a).sum()), "size": int(a.size)}
+
+
+def _leaf_layers(layers, params, state, key, index=()):
+    """(path name, index path, layer, params, state, key) of every layer below `layers` that is
+    not a serial, in forward order, with the keys that `fn.nn.serial` gives them."""
+    for i, layer in enumerate(layers):
+        where, k = index + (i,), child_key(key, i)
+        if layer.children:
+            yield from _leaf_layers(layer.children, params[i], state[i], k, where)
+        else:
+            yield "/".join(map(str, where + (layer.name,))), where, layer, params[i], state[i], k
+
+
+def _at(tree, index):
+    for i in index:
+        tree = tree[i]
+    return tree
+
+
+def _assemble(params, grads: dict, index=()):
+    """The gradient tree of `params` from the gradients of its layers, keyed by index path."""
+    if index in grads:
+        return grads[index]
+    return tuple(_assemble(p, grads, index + (i,)) for i, p in enumerate(params))
+
+
+def find_nonfinite(model, loss, params, state, x, y, *, key=None, optimizer=None,
+                   opt_state=None, train: bool = True) -> NonFiniteReport | None:
+    """The first NaN or Inf of one training step on (x, y), by layer and pass; None if none.
+
+    Runs the layers' hand-written `forward` one layer at a time (nested serials are walked into
+    and named by their full path, "3/1/Dense"), then the loss and its gradient δᴸ, then the
+    layers' `backward` in reverse, then — given an `optimizer` — its update (from `opt_state`,
+    or a fresh `optimizer.init(params)`), and reports the first non-finite array met: a
+    layer's output ("forward"), a non-finite loss gradient (layer "loss", "backward") or loss
+    value ("loss", "forward"), a layer's input gradient ("backward") or parameter gradient
+    ("gradient"), an update ("update"). Non-finite data is reported as layer "input". Eager:
+    call it on the batch where training diverged (`fn.train.TrainingDiverged.report`).
+
+    >>> report = fn.diagnostics.find_nonfinite(model, loss, params, state, x, y, key=key)
+    >>> print(report)
+    first non-finite value: backward of 2/Sqrt: 3 NaN and 0 Inf among 64 values, others in [...]
+    """
+    layers, single = _children(model)
+    walk = ([(model.name, (), model, params, state, key)] if single
+            else list(_leaf_layers(layers, params, state, key)))
+    bad = _first_nonfinite(x)
+    if bad:
+        return NonFiniteReport("input", "forward", None, _nonfinite_stats(bad[1]))
+
+    a, ran = x, []
+    for name, index, layer, p, s, k in walk:
+        a, _, residuals = layer.forward(p, s, a, key=k, train=train)
+        bad = _first_nonfinite(a)
+        if bad:
+            param = _first_nonfinite(p)
+            return NonFiniteReport(name, "forward", param and param[0], _nonfinite_stats(bad[1]))
+        ran.append((name, index, layer, p, residuals))
+
+    delta, value = backprop.loss_delta(loss, a, y), loss(a, y)
+    for where, array in (("backward", delta), ("forward", value)):
+        if _first_nonfinite(array):
+            return NonFiniteReport("loss", where, None, _nonfinite_stats(array))
+
+    grads = {}
+    for name, index, layer, p, residuals in reversed(ran):
+        grads[index], delta = layer.backward(p, residuals, delta)
+        bad_dx, bad_grad = _first_nonfinite(delta), _first_nonfinite(grads[index])
+        if bad_dx:
+            return NonFiniteReport(name, "backward", bad_grad and bad_grad[0],
+                                   _nonfinite_stats(bad_dx[1]))
+        if bad_grad:
+            return NonFiniteReport(name, "gradient", bad_grad[0], _nonfinite_stats(bad_grad[1]))
+
+    if optimizer is None:
+        return None
+    opt_state = optimizer.init(params) if opt_state is None else opt_state
+    updates, _ = optimizer.update(_assemble(params, grads), opt_state, params, value=value)
+    for name, index, *_ in ran:
+        bad = _first_nonfinite(_at(updates, index))
+        if bad:
+            return NonFiniteReport(name, "update", bad[0], _nonfinite_stats(bad[1]))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # Initial loss.
 
 
@@ -208,12 +342,6 @@ class InitialLossCheck(NamedTuple):
                 f"{self.expected:.4f} (relative error {100 * self.relative_error:.1f}%){hint}")
 
 
-@functools.lru_cache(maxsize=16)
-def _evaluation_pass(model):
-    """The jitted y = model(x) in evaluation mode, one per model (so repeated checks reuse it)."""
-    return jax.jit(lambda params, state, x: model.apply(params, state, x, train=False)[0])
-
-
 def initial_loss_check(model, loss, x, y, *, key=None, params=None, state=None,
                        classes: int | None = None, rtol: float = 0.05,
                        **loss_kwargs) -> InitialLossCheck:
@@ -226,7 +354,7 @@ def initial_loss_check(model, loss, x, y, *, key=None, params=None, state=None,
         if key is None:
             raise ValueError("initial_loss_check: pass key= (to initialise) or params=")
         params, state = jax.jit(model.init, static_argnums=1)(key, tuple(np.shape(x)[1:]))
-    outputs = _evaluation_pass(model)(params, state, jnp.asarray(x))
+    outputs = compiled(outputs_program, model)(params, state, jnp.asarray(x))
     classes = int(outputs.shape[-1]) if classes is None else classes
     expected = expected_initial_loss(loss, classes, **loss_kwargs)
     measured = float(loss(outputs, jnp.asarray(y), **loss_kwargs))
@@ -304,6 +432,6 @@ def overfit_check(model, loss, optimizer, x, y, *, key, examples: int = 20, step
     return OverfitReport(passed, initial, final, acc, losses, message)
 
 
-__all__ = ["LayerStats", "InitialLossCheck", "OverfitReport", "expected_initial_loss",
-           "format_stats", "initial_loss_check", "layer_stats", "overfit_check", "ratio_health",
-           "update_ratios"]
+__all__ = ["LayerStats", "InitialLossCheck", "NonFiniteReport", "OverfitReport",
+           "expected_initial_loss", "find_nonfinite", "format_stats", "initial_loss_check",
+           "layer_stats", "overfit_check", "ratio_health", "update_ratios"]

@@ -6,7 +6,7 @@
 
 Member i is trained exactly as `fn.train.fit(..., key=jax.random.split(key, members)[i])`
 would train it (its own initialisation and batch order), but all members run as one `vmap` of
-`fn.train.make_epoch`: one compiled program, N models per step. Every stacked pytree (params,
+`fn.train`'s epoch program (`make_epoch`): one compiled program, N models per step. Every stacked pytree (params,
 state, opt_state) carries the member on its leading axis; `member(tree, i)` takes one out.
 
 Parameter averaging: `with_averaging(opt)` adds a Polyak (or EMA) average of one run's iterates
@@ -16,7 +16,6 @@ hidden units are permuted relative to each other).
 """
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,8 @@ from funcnn import checkpoint
 from funcnn.losses import log_likelihood
 from funcnn import optim
 from funcnn import train as _train
+from funcnn.paths import leaf_paths
+from funcnn.train.cache import compiled
 
 
 class EnsembleResult(NamedTuple):
@@ -93,36 +94,34 @@ def fit(model, loss, optimizer, train: Sequence, *, members: int, epochs: int, b
     images, labels = jnp.asarray(x), jnp.asarray(y)
     params, state = init(model, key, images.shape[1:], members)
     _, train_keys = _member_keys(key, members)
-    opt_state = jax.jit(jax.vmap(optimizer.init))(params)
-    step = _train.make_step(model, loss, optimizer, regularizer=regularizer,
-                            hand_written=hand_written)
-    run_epoch = jax.jit(jax.vmap(_train.make_epoch(step, batch_size, augment),
-                                 in_axes=(0, None, None, 0, 0)), donate_argnums=0)
-    fold_in = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+    opt_state = compiled(_vmapped_init, optimizer)(params)
+    run_epoch = compiled(_ensemble_program, model, loss, optimizer, regularizer, hand_written,
+                         batch_size, augment)
+    fold_in = compiled(_vmapped_fold_in)
     history: dict = {"loss": [], "member_loss": [], "update_ratio": [], "epoch_time": []}
     result = EnsembleResult(params, state, opt_state, history, members)
+    reference = jnp.full((members,), jnp.inf, jnp.float32)
     for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        carry = _train.EpochCarry(*jax.tree.map(jnp.copy, (result.params, result.state,
-                                                           result.opt_state)),
-                                  jnp.full((members,), -1))   # copies: the epoch donates them
+        begin = time.perf_counter()
+        carry = jax.vmap(_train.start)(result.params, result.state, result.opt_state, reference)
         epoch_keys = fold_in(train_keys, epoch)
         orders = np.stack([_train.epoch_order(k, len(images), batch_size) for k in epoch_keys])
         carry, metrics = run_epoch(carry, images, labels, epoch_keys, jnp.asarray(orders))
-        bad = np.asarray(carry.bad_step)
-        _log_epoch(history, metrics)
+        bad, reference = np.asarray(carry.bad_step), carry.reference
+        _log_epoch(history, metrics, carry.params, bad)
         result = EnsembleResult(carry.params, carry.state, carry.opt_state, history, members)
         if validation is not None:
             scores = evaluate(model, loss, carry.params, carry.state, validation,
                               from_logits=from_logits)
             for name, value in scores.items():
                 history.setdefault(_VAL_NAMES[name], []).append(value)
-        history["epoch_time"].append(time.perf_counter() - start)
+        history["epoch_time"].append(time.perf_counter() - begin)
         if np.any(bad >= 0):
             which = [int(i) for i in np.nonzero(bad >= 0)[0]]
             raise _train.TrainingDiverged(
-                f"ensemble.fit: non-finite loss, gradient, parameter or state at epoch {epoch} in "
-                f"member(s) {which}; .result holds the last finite parameters", result)
+                f"ensemble.fit: non-finite or exploding loss, gradient, parameter or state at "
+                f"epoch {epoch} in member(s) {which}; .result holds the last good parameters",
+                result)
         if progress:
             parts = [f"epoch {epoch}/{epochs}", f"loss {history['loss'][-1]:.4f}"]
             if validation is not None:
@@ -132,32 +131,52 @@ def fit(model, loss, optimizer, train: Sequence, *, members: int, epochs: int, b
     return result
 
 
+def _vmapped_init(optimizer):
+    return jax.jit(jax.vmap(optimizer.init))
+
+
+def _vmapped_fold_in():
+    return jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+
+
+def _ensemble_program(model, loss, optimizer, regularizer, hand_written, batch_size, augment):
+    """`fn.train`'s epoch program, vmapped over members (their carries, keys and batch orders;
+    the data is shared): one compiled program trains every member."""
+    step = _train.make_step(model, loss, optimizer, regularizer=regularizer,
+                            hand_written=hand_written)
+    epoch = _train.make_epoch(step, batch_size, augment, ratio_every=_train.UpdateRatio().every)
+    return jax.jit(jax.vmap(epoch, in_axes=(0, None, None, 0, 0)), donate_argnums=0)
+
+
 _VAL_NAMES = {"loss": "val_loss", "accuracy": "val_accuracy",
               "member_loss": "member_val_loss", "member_accuracy": "member_val_accuracy",
               "ensemble_loss": "ensemble_val_loss", "ensemble_accuracy": "ensemble_val_accuracy"}
 
 
-def _log_epoch(history: dict, metrics) -> None:
-    """Per-member means of the epoch's step metrics (NaN rows of skipped steps ignored)."""
+def _log_epoch(history: dict, metrics, params, bad) -> None:
+    """Per-member means of the epoch's step metrics over the steps each member applied."""
+    steps = np.asarray(metrics["loss"]).shape[1]
+    applied = np.arange(steps)[None, :] < np.where(bad >= 0, bad, steps)[:, None]
+
     def per_member(values):
-        values = np.asarray(values, np.float64)
+        values = np.where(applied, np.asarray(values, np.float64), np.nan)
         return [float(np.nanmean(row)) if np.isfinite(row).any() else float("nan")
-                for row in values.reshape(values.shape[0], -1)]
+                for row in values]
 
     for name in ("loss", "accuracy"):
         if name in metrics:
             values = per_member(metrics[name])
             history.setdefault(name, []).append(float(np.mean(values)))
             history.setdefault(f"member_{name}", []).append(values)
-    history["update_ratio"].append({k: float(np.nanmean(np.asarray(v)))
-                                    for k, v in metrics["update_ratio"].items()})
+    ratios = np.asarray(metrics["update_ratio"], np.float64)   # (members, steps, leaves)
+    history["update_ratio"].append({leaf: float(np.nanmean(ratios[..., k])) for k, leaf in
+                                    enumerate(leaf_paths(member(params, 0)))})
 
 
 # ---------------------------------------------------------------------------------------------
 # Predictions.
 
 
-@functools.lru_cache(maxsize=32)
 def _predictor(model):
     """One compiled vmapped forward pass per model (params and x are arguments, not constants)."""
     return jax.jit(jax.vmap(lambda p, s, xb: model.apply(p, s, xb, train=False)[0],
@@ -166,7 +185,7 @@ def _predictor(model):
 
 def predict(model, params, state, x, *, batch_size: int = 1000):
     """Every member's outputs in evaluation mode: an array (members, n, ...)."""
-    run, x = _predictor(model), jnp.asarray(x)
+    run, x = compiled(_predictor, model), jnp.asarray(x)
     parts = [run(params, state, x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
     return jnp.concatenate(parts, axis=1)
 
@@ -184,7 +203,6 @@ def predict_proba(model, params, state, x, *, from_logits: bool = True, batch_si
                                from_logits=from_logits)
 
 
-@functools.lru_cache(maxsize=32)
 def _scorer(loss, from_logits: bool):
     @jax.jit
     def score(outputs, y):
@@ -210,7 +228,7 @@ def evaluate(model, loss, params, state, data: Sequence, *, from_logits: bool = 
     """
     x, y = data
     outputs = predict(model, params, state, x, batch_size=batch_size)
-    scores = jax.device_get(_scorer(loss, from_logits)(outputs, jnp.asarray(y)))
+    scores = jax.device_get(compiled(_scorer, loss, from_logits)(outputs, jnp.asarray(y)))
     result = {"member_loss": [float(v) for v in scores["member_loss"]]}
     result["loss"] = float(np.mean(result["member_loss"]))
     if "member_accuracy" in scores:

@@ -3,7 +3,9 @@
 Fan-in and fan-out follow the kernel layout: a dense kernel (in, out) has fan_in = in and
 fan_out = out; a conv kernel (kh, kw, cin, cout) has fan_in = kh·kw·cin, fan_out = kh·kw·cout;
 a vector (a bias) has fan_in = fan_out = its length. Parameter-free initializers are used
-directly (`he_normal(key, shape)`); parametrised ones are factories (`normal(0.01)`).
+directly (`he_normal(key, shape)`); parametrised ones are factories (`normal(0.01)`) whose
+results compare and hash by their arguments (`normal(0.01) == normal(0.01)`), so that layers
+built with them are equal too (`Dense(3, w_init=normal(0.01))`).
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+
+from funcnn.values import value_factory
 
 
 def fans(shape) -> tuple[int, int]:
@@ -55,6 +59,7 @@ def ones(key, shape, dtype=jnp.float32):
     return jnp.ones(shape, dtype)
 
 
+@value_factory
 def constant(value):
     """Every entry equal to `value`."""
 
@@ -65,6 +70,7 @@ def constant(value):
     return init
 
 
+@value_factory
 def normal(stddev=0.01):
     """N(0, stddev²) — the notes' small random numbers, e.g. 0.01·randn."""
 
@@ -74,6 +80,7 @@ def normal(stddev=0.01):
     return init
 
 
+@value_factory
 def uniform(scale=0.01):
     """U[−scale, scale]."""
 
@@ -113,6 +120,7 @@ def he_uniform(key, shape, dtype=jnp.float32):
     return uniform(math.sqrt(6.0 / fan_in))(key, shape, dtype)
 
 
+@value_factory
 def sparse(connections=10, stddev=0.01):
     """Sparse init (Martens 2010): each unit has exactly `connections` non-zero incoming weights.
 

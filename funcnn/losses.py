@@ -12,6 +12,11 @@ rank (rows may be of any dtype, e.g. one-hot ints).
 
 Floating inputs narrower than float32 (float16, bfloat16) are widened to float32 for the value
 and the gradient; `.grad` returns the outputs' dtype.
+
+Refused, for the value and the gradient alike: complex outputs or targets (`TypeError`), an
+empty batch (`ValueError` naming the loss and the shape: a mean over nothing is no loss), and,
+when the values are concrete (not traced under jit), probabilities outside [0, 1] for
+`binary_cross_entropy` and `log_likelihood` and labels outside [0, classes).
 """
 from __future__ import annotations
 
@@ -23,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn.backprop import at_least_float32
 from funcnn.nn.core import describe_shape
 
 LOG_FLOOR = -100.0  # log p is clamped here (as PyTorch's BCELoss) so p = 0 gives a finite loss
@@ -41,7 +45,7 @@ class Loss:
 
     def __call__(self, outputs, targets, **kwargs):
         outputs, targets = _widen(outputs), _widen(targets)
-        self.check_fn(outputs, targets)
+        self._check(outputs, targets)
         return self.value_fn(outputs, targets, **kwargs)
 
     def grad(self, outputs, targets, **kwargs):
@@ -49,10 +53,21 @@ class Loss:
         `max_margin`, in the dtypes of its two arguments)."""
         outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
         wide_outputs, wide_targets = _widen(outputs), _widen(targets)
-        self.check_fn(wide_outputs, wide_targets)
+        self._check(wide_outputs, wide_targets)
         grads = self.grad_fn(wide_outputs, wide_targets, **kwargs)
         like = (outputs, targets) if isinstance(grads, tuple) else outputs
         return jax.tree.map(lambda g, a: g.astype(a.dtype) if _is_floating(a) else g, grads, like)
+
+    def _check(self, outputs, targets):
+        """Refuse complex numbers and an empty batch, then run the loss's own checks."""
+        for what, x in (("outputs", outputs), ("targets", targets)):
+            if jnp.iscomplexobj(x):
+                raise TypeError(f"{self.name}: expected real {what}, received {what} of dtype "
+                                f"{x.dtype}")
+        if outputs.size == 0:
+            raise ValueError(f"{self.name}: expected a non-empty batch, received outputs of shape "
+                             f"{describe_shape(outputs.shape)}")
+        self.check_fn(outputs, targets)
 
     def branches(self, outputs, targets, **kwargs):
         """The side of every kink at these outputs; `()` for a smooth loss."""
@@ -79,7 +94,7 @@ def _is_floating(x) -> bool:
 def _widen(x):
     """`x` as an array; floating point at least float32 (float16 overflows at 65504)."""
     x = jnp.asarray(x)
-    return at_least_float32(x) if _is_floating(x) else x
+    return x.astype(jnp.float32) if _is_floating(x) and jnp.finfo(x.dtype).bits < 32 else x
 
 
 def _is_concrete(x) -> bool:
@@ -93,6 +108,18 @@ def _check_same_shape(name):
                              f"{describe_shape(jnp.shape(outputs))}, received "
                              f"{describe_shape(jnp.shape(targets))}")
     return check
+
+
+def _check_probabilities(name, check, logits_loss):
+    """`check`, then refuse concrete probabilities outside [0, 1] (NaN is let through)."""
+    def checked(probs, targets):
+        check(probs, targets)
+        if _is_concrete(probs):
+            low, high = float(jnp.nanmin(probs)), float(jnp.nanmax(probs))
+            if low < 0 or high > 1:
+                raise ValueError(f"{name}: expected probabilities in [0, 1], received "
+                                 f"{low if low < 0 else high:g}; for logits use {logits_loss}")
+    return checked
 
 
 def _are_class_ids(labels, outputs) -> bool:
@@ -114,7 +141,7 @@ def _check_labels(name):
                 raise ValueError(f"{name}: expected int labels of shape ({shape[0]},) for "
                                  f"outputs {describe_shape(shape)}, received "
                                  f"{describe_shape(lshape)}")
-            if _is_concrete(labels) and np.size(labels):
+            if _is_concrete(labels):
                 values = np.asarray(labels)
                 low, high = int(values.min()), int(values.max())
                 if low < 0 or high >= shape[1]:
@@ -136,15 +163,16 @@ def _as_rows(labels, outputs):
 
 
 def _log_and_inverse(p):
-    """(max(ln p, −100), its derivative 1[ln p > −100]/p): 0 on the clamp, never inf or nan.
+    """(max(ln p, −100), its derivative 1[ln p > −100]/p): 0 on the clamp, never inf; NaN where
+    p is NaN (or negative, under jit), as torch's clamp, so that a diverged model shows.
 
     Written with `where` on both sides so that autodiff of the clamped log gives that same
     derivative (no 0/0 at p = 0, no ½ at the tie).
     """
-    unclamped = jnp.log(p) > LOG_FLOOR
-    safe = jnp.where(unclamped, p, jnp.ones_like(p))
-    return (jnp.where(unclamped, jnp.log(safe), LOG_FLOOR),
-            jnp.where(unclamped, 1 / safe, jnp.zeros_like(p)))
+    clamped = jnp.log(p) <= LOG_FLOOR
+    safe = jnp.where(clamped, jnp.ones_like(p), p)
+    return (jnp.where(clamped, LOG_FLOOR, jnp.log(safe)),
+            jnp.where(clamped, jnp.zeros_like(p), 1 / safe))
 
 
 def _clamped_log(p):
@@ -212,8 +240,9 @@ def _bce_grad(p, t):
     return (-t * inv_p + (1 - t) * inv_not_p) / p.size
 
 
-binary_cross_entropy = Loss("binary_cross_entropy", _bce, _bce_grad,
-                            _check_same_shape("binary_cross_entropy"))
+binary_cross_entropy = Loss("binary_cross_entropy", _bce, _bce_grad, _check_probabilities(
+    "binary_cross_entropy", _check_same_shape("binary_cross_entropy"),
+    "sigmoid_binary_cross_entropy"))
 
 
 def _log_sigmoid_pair(z):
@@ -335,7 +364,8 @@ def _log_likelihood_grad(a, labels):
 
 
 log_likelihood = Loss("log_likelihood", _log_likelihood, _log_likelihood_grad,
-                      _check_labels("log_likelihood"))
+                      _check_probabilities("log_likelihood", _check_labels("log_likelihood"),
+                                           "softmax_cross_entropy"))
 
 
 def _hinge_margins(s, labels, margin):

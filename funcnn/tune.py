@@ -312,7 +312,7 @@ def training_objective(model, loss, make_optimizer: Callable, train: Sequence,
             carry, _ = run_epoch(carry, x, y, jax.random.fold_in(train_key, epoch), order)
             return carry, None
 
-        carry = _train.EpochCarry(params, state, optimizer.init(params), jnp.array(-1))
+        carry = _train.start(params, state, optimizer.init(params))
         carry, _ = jax.lax.scan(body, carry, (jnp.arange(1, epochs + 1), orders))
         score = _score(model, loss, carry.params, carry.state, validation, metric)
         return jnp.where(carry.bad_step >= 0, jnp.inf, score)
@@ -379,7 +379,7 @@ def lr_range_test(model, loss, make_optimizer: Callable, train: Sequence, *, key
     if params is None:
         params, state = jax.jit(model.init, static_argnums=1)(init_key, tuple(x.shape[1:]))
     log_ratio = math.log(max_lr / min_lr)
-    schedule = lambda t: min_lr * jnp.exp(log_ratio * t / (steps - 1))
+    schedule = lambda t: min_lr * jnp.exp(log_ratio * jnp.asarray(t, jnp.float32) / (steps - 1))
     optimizer = make_optimizer(schedule)
     step = _train.make_step(model, loss, optimizer, hand_written=hand_written)
     n = x.shape[0]
@@ -393,7 +393,7 @@ def lr_range_test(model, loss, make_optimizer: Callable, train: Sequence, *, key
             p, s, o, metrics = step(p, s, o, x[index], y[index], k)
             value = metrics["loss"]
             mean = smoothing * mean + (1 - smoothing) * value
-            smooth = mean / (1 - smoothing ** (t + 1.0))
+            smooth = mean / (1 - smoothing ** (jnp.asarray(t, mean.dtype) + 1))
             stop = ~jnp.isfinite(smooth) | (smooth > divergence * best)
             return (p, s, o, mean, jnp.minimum(best, smooth), stop), (value, smooth, True)
 

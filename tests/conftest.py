@@ -1,4 +1,4 @@
-"""Strict numerics for every test (as equinox does): implicit rank promotion is an error.
+"""Strict numerics for every test (as equinox does): implicit rank and dtype promotion are errors.
 
 `(N,)` silently broadcasting against `(N, 1)` is the classic wrong-gradient bug.
 """
@@ -9,6 +9,7 @@ import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 @pytest.fixture
@@ -26,3 +27,11 @@ def mnist_dir():
         pytest.skip("real MNIST not found: set FUNCNN_DATA_DIR to a folder with the four IDX "
                     "files (e.g. ../shared/data/mnist); .ci/run does this")
     return folder
+
+
+@pytest.fixture(scope="session")
+def spiral():
+    """The 3-class spiral: 300 training and 150 validation points, ((x, y), (xv, yv))."""
+    import funcnn as fn
+    return (fn.data.spiral(jax.random.key(0), points_per_class=100, classes=3),
+            fn.data.spiral(jax.random.key(1), points_per_class=50, classes=3))

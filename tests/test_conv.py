@@ -4,6 +4,7 @@ import itertools
 
 import chex
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -154,11 +155,13 @@ def test_maxpool_ties_go_to_the_first_entry_in_row_major_order(strides):
                                 jnp.array([[1, 0]] if strides is None else [[1, 0, 0]]))
 
 
-@pytest.mark.parametrize("train", [False, True])   # reduce_window max, and the CPU window stack
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("algorithm", ["stack", "xla"])   # a selection, and reduce_window max
 @pytest.mark.parametrize("strides", [None, (1, 1)])
 def test_maxpool_autodiff_sends_ties_to_the_first_entry_as_the_hand_written_backward(strides,
+                                                                                      algorithm,
                                                                                       train):
-    layer = nn.MaxPool(2, strides)
+    layer = nn.MaxPool(2, strides, algorithm=algorithm)
     x = jnp.array([[0.0, 5.0, 1.0, 1.0],
                    [5.0, 5.0, 1.0, 1.0]]).reshape(1, 2, 4, 1)
     y, _, res = layer.forward({}, {}, x)
@@ -289,16 +292,22 @@ def test_gradient_check_of_a_small_cnn_passes_with_kinks_reported():
     assert len(report.kinks) <= 3, str(report)   # kinks are rare and only excused, never hidden
 
 
-@pytest.mark.parametrize("strides,padding", [(1, "VALID"), (2, "SAME")])
-def test_training_on_the_cpu_is_gemms_and_evaluation_a_canonical_conv(strides, padding):
-    """On XLA:CPU the training passes — hand-written forward/backward, and jax.grad of
-    apply(train=True) — are matrix products over shared im2col patches: convolutions there ran
-    2-60x slower in lax.scan. Evaluation is one NHWC/HWIO/NHWC conv, the layout of XLA's fast
-    path."""
-    assert jax.default_backend() == "cpu"
-    layer = nn.Conv2D(4, 3, strides, padding)
-    params = {"w": jnp.zeros((3, 3, 2, 4)), "b": jnp.zeros(4)}
-    x = jnp.zeros((2, 7, 7, 2))
+def _primitives(f, *args):
+    """Every primitive in the jaxpr of f(*args), loop and jit bodies included."""
+    names = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            names.append(eqn.primitive.name)
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(f)(*args).jaxpr)
+    return names
+
+
+def _conv_programs(layer, params, x):
+    """The hand-written forward+backward, jax.grad of apply(train=True), and apply at eval."""
 
     def hand(params, x):
         y, _, res = layer.forward(params, {}, x)
@@ -311,25 +320,101 @@ def test_training_on_the_cpu_is_gemms_and_evaluation_a_canonical_conv(strides, p
     def evaluation(params, x):
         return layer.apply(params, {}, x)[0]
 
-    def eqns(f):
-        return jax.make_jaxpr(f)(params, x).eqns
+    return hand, autodiff, evaluation
 
-    hand_jaxpr = str(jax.make_jaxpr(hand)(params, x))   # with the col2im loop's body
-    assert "conv_general_dilated" not in hand_jaxpr
-    assert hand_jaxpr.count("dot_general[") == 3   # y, dW, and dx one kernel row at a time
-    assert "conv_general_dilated" not in {e.primitive.name for e in eqns(autodiff)}
-    convs = [e for e in eqns(evaluation) if e.primitive.name == "conv_general_dilated"]
+
+@pytest.mark.parametrize("strides,padding", [(1, "VALID"), (2, "SAME")])
+def test_gemm_algorithm_is_matrix_products_in_training_and_evaluation(strides, padding):
+    """algorithm="gemm": every pass — hand-written forward/backward, jax.grad of apply, and
+    evaluation — is matrix products over shared im2col patches (convolutions there ran 2-60x
+    slower in lax.scan on XLA:CPU), on whatever backend the test runs."""
+    layer = nn.Conv2D(4, 3, strides, padding, algorithm="gemm")
+    params, x = {"w": jnp.zeros((3, 3, 2, 4)), "b": jnp.zeros(4)}, jnp.zeros((2, 7, 7, 2))
+    hand, autodiff, evaluation = _conv_programs(layer, params, x)
+    assert _primitives(hand, params, x).count("dot_general") == 3   # y, dW, dx per kernel row
+    for f in (hand, autodiff, evaluation):
+        assert "conv_general_dilated" not in _primitives(f, params, x)
+
+
+@pytest.mark.parametrize("strides,padding", [(1, "VALID"), (2, "SAME")])
+def test_xla_algorithm_is_canonical_convolutions_only(strides, padding):
+    """algorithm="xla": evaluation is one NHWC/HWIO/NHWC conv (XLA's fast layout), the
+    hand-written backward two more in the same layout, and nothing is a matrix product."""
+    layer = nn.Conv2D(4, 3, strides, padding, algorithm="xla")
+    params, x = {"w": jnp.zeros((3, 3, 2, 4)), "b": jnp.zeros(4)}, jnp.zeros((2, 7, 7, 2))
+    hand, autodiff, evaluation = _conv_programs(layer, params, x)
+    convs = [e for e in jax.make_jaxpr(evaluation)(params, x).eqns
+             if e.primitive.name == "conv_general_dilated"]
     numbers = convs[0].params["dimension_numbers"]
     assert len(convs) == 1 and (numbers.lhs_spec, numbers.rhs_spec, numbers.out_spec) == \
         ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2)), numbers
+    assert _primitives(hand, params, x).count("conv_general_dilated") == 3
+    for f in (hand, autodiff, evaluation):
+        assert "dot_general" not in _primitives(f, params, x)
 
 
-def test_maxpool_training_gradient_on_the_cpu_avoids_window_scatters():
-    """reduce_window's autodiff (select-and-scatter) ran 4-20x slower inside lax.scan."""
-    layer, x = nn.MaxPool(3, strides=2), jnp.zeros((2, 7, 7, 2))
-    grad = jax.grad(lambda x: jnp.sum(layer.apply({}, {}, x, train=True)[0]))
-    names = {e.primitive.name for e in jax.make_jaxpr(grad)(x).eqns}
-    assert not any(name.startswith(("reduce_window", "select_and")) for name in names), names
+@pytest.mark.parametrize("algorithm,uses_window_ops", [("stack", False), ("xla", True)])
+def test_maxpool_algorithm_decides_how_autodiff_sees_the_pool(algorithm, uses_window_ops):
+    """"stack": the gradient of apply avoids reduce_window's select-and-scatter, which ran 4-20x
+    slower inside lax.scan on XLA:CPU; "xla": apply is reduce_window max, in train and eval."""
+    layer, x = nn.MaxPool(3, strides=2, algorithm=algorithm), jnp.zeros((2, 7, 7, 2))
+    for train in (False, True):
+        grad = jax.grad(lambda x: jnp.sum(layer.apply({}, {}, x, train=train)[0]))
+        names = _primitives(grad, x)
+        assert any(name.startswith(("reduce_window", "select_and")) for name in names) == \
+            uses_window_ops, names
+
+
+def test_auto_is_the_fast_formulation_of_each_backend_and_mode():
+    from funcnn.nn.conv import auto_algorithm
+    cpu = jax.default_backend() == "cpu"
+    assert auto_algorithm("auto", True, "gemm") == ("gemm" if cpu else "xla")
+    assert auto_algorithm("auto", True, "stack") == ("stack" if cpu else "xla")
+    assert auto_algorithm("auto", False, "gemm") == "xla"
+    for name in ("gemm", "xla", "stack"):
+        for train in (False, True):
+            assert auto_algorithm(name, train, "gemm") == name
+    with pytest.raises(ValueError, match="Conv2D: expected algorithm to be one of 'auto', "
+                                         "'gemm', 'xla', received 'im2col'"):
+        nn.Conv2D(4, 3, algorithm="im2col")
+    with pytest.raises(ValueError, match="MaxPool: expected algorithm"):
+        nn.MaxPool(2, algorithm="gemm")
+
+
+def _small_cnn(conv, pool):
+    return nn.serial(nn.Conv2D(8, 3, padding="SAME", algorithm=conv), nn.Relu(),
+                     nn.MaxPool(2, algorithm=pool), nn.Conv2D(4, 2, strides=2, algorithm=conv))
+
+
+def _outputs_by_mode(model, params, state, x):
+    """apply(train=True), the hand-written forward(train=True), then the same at eval."""
+    return [jax.jit(lambda p, x, run=run, train=train: run(p, state, x, train=train)[0])(params, x)
+            for train in (True, False) for run in (model.apply, model.forward)]
+
+
+@pytest.mark.parametrize("conv,pool", [("gemm", "stack"), ("xla", "xla"), ("gemm", "xla")])
+def test_an_explicit_algorithm_computes_the_same_bits_in_training_and_evaluation(conv, pool):
+    model = _small_cnn(conv, pool)
+    params, state = model.init(jax.random.key(0), (9, 9, 3))
+    x = jax.random.normal(jax.random.key(1), (4, 9, 9, 3))
+    chex.assert_trees_all_equal(*_outputs_by_mode(model, params, state, x))
+
+
+@pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-5), (jnp.float64, 1e-12)])
+def test_auto_agrees_between_training_and_evaluation_and_with_every_algorithm(dtype, rtol):
+    """apply and forward use one formulation per mode (the same bits); training and evaluation
+    (GEMMs and lax.conv on XLA:CPU) and every explicit choice agree up to float rounding."""
+    with jax.enable_x64(dtype == jnp.float64):
+        model = _small_cnn("auto", "auto")
+        params, state = model.init(jax.random.key(0), (9, 9, 3))
+        params = jax.tree.map(lambda a: a.astype(dtype), params)
+        x = jax.random.normal(jax.random.key(1), (4, 9, 9, 3), dtype)
+        train, train_forward, evaluation, eval_forward = _outputs_by_mode(model, params, state, x)
+        chex.assert_trees_all_equal(train, train_forward)
+        chex.assert_trees_all_equal(evaluation, eval_forward)
+        for conv, pool in [("auto", "auto"), ("gemm", "stack"), ("xla", "xla")]:
+            chex.assert_trees_all_close(_small_cnn(conv, pool).apply(params, state, x)[0], train,
+                                        rtol=rtol, atol=rtol)
 
 
 @pytest.mark.parametrize("in_hw,kernel,strides,padding,pads", CONV_CASES)
@@ -355,11 +440,22 @@ def test_gemm_and_convolution_paths_agree(in_hw, kernel, strides, padding, pads,
     chex.assert_trees_all_close(gemm, vjp(dy), rtol=1e-10, atol=1e-12)
 
 
-class TrainingModeTest(chex.TestCase):
-    """On the CPU, apply(train=True) is written with GEMMs (Conv2D) and window stacks (MaxPool):
-    three-way check it too."""
+ALGORITHM_TABLE = [
+    (f"{name}_{algorithm}", factory(algorithm), in_shape)
+    for name, factory, in_shape, algorithms in [
+        ("conv_same_stride", lambda a: nn.Conv2D(2, (3, 2), strides=(2, 3), padding="SAME",
+                                                 algorithm=a), (7, 8, 2), ("gemm", "xla")),
+        ("conv_valid_remainder", lambda a: nn.Conv2D(2, 3, strides=2, algorithm=a), (6, 7, 2),
+         ("gemm", "xla")),
+        ("maxpool_overlap", lambda a: nn.MaxPool(3, strides=2, algorithm=a), (7, 6, 2),
+         ("stack", "xla"))]
+    for algorithm in algorithms]
 
-    @parameterized.named_parameters(*TABLE[:7])
+
+class AlgorithmTest(chex.TestCase):
+    """Each algorithm, whatever the backend, three-way checked in training mode."""
+
+    @parameterized.named_parameters(*ALGORITHM_TABLE)
     def test_three_way_in_training_mode(self, layer, in_shape):
         with jax.enable_x64(True):
             assert_layer_gradients_compiled(layer, in_shape, train=True,

@@ -189,3 +189,121 @@ def test_layer_stats_with_a_pair_valued_loss_grad():
                                       autodiff=True)
     chex.assert_trees_all_close([h.gradient for h in hand], [a.gradient for a in auto],
                                 rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# The origin of a NaN: find_nonfinite.
+
+
+def _plant(a):
+    """`a` with one NaN, in its first entry."""
+    return a.at[(0,) * a.ndim].set(jnp.nan)
+
+
+def Planted(where: str):
+    """y = s·x with a scalar parameter s, whose hand-written pass plants one NaN: in its output
+    ("forward"), its input gradient ("backward"), its gradient ds ("gradient") or both ("both")."""
+    def init(key, in_shape):
+        return {"s": jnp.ones(())}, {}
+
+    def forward(params, state, x, *, key=None, train=False):
+        y = params["s"] * x
+        return (_plant(y) if where == "forward" else y), state, x
+
+    def backward(params, x, dy):
+        ds, dx = jnp.sum(dy * x), params["s"] * dy
+        return ({"s": _plant(ds) if where in ("gradient", "both") else ds},
+                _plant(dx) if where in ("backward", "both") else dx)
+
+    return nn.Layer("Planted", init, forward, backward)
+
+
+def _find(model, x, y, loss=fn.losses.softmax_cross_entropy, edit=lambda params: params,
+          edit_state=lambda state: state, **kw):
+    params, state = model.init(jax.random.key(0), x.shape[1:])
+    return fn.diagnostics.find_nonfinite(model, loss, edit(params), edit_state(state), x, y,
+                                         key=jax.random.key(1), **kw)
+
+
+X, Y = jax.random.normal(jax.random.key(2), (8, 5)), jnp.arange(8, dtype=jnp.int32) % 3
+
+
+@pytest.mark.parametrize("planted,where,leaf", [
+    ("forward", "forward", None), ("backward", "backward", None), ("gradient", "gradient", "s"),
+    ("both", "backward", "s")])
+def test_find_nonfinite_names_the_layer_and_pass_of_a_planted_nan(planted, where, leaf):
+    flat = nn.serial(nn.Dense(4), nn.Tanh(), Planted(planted), nn.Dense(3))
+    nested = nn.serial(nn.Dense(4), nn.serial(nn.Tanh(), Planted(planted)), nn.Dense(3))
+    for model, layer in ((flat, "2/Planted"), (nested, "1/1/Planted")):
+        report = _find(model, X, Y)
+        assert (report.layer, report.where, report.leaf) == (layer, where, leaf)
+        size = 1 if where == "gradient" else 32   # ds is a scalar; y and dx are (8, 4)
+        assert (report.stats["nan"], report.stats["inf"], report.stats["size"]) == (1, 0, size)
+    assert str(_find(flat, X, Y)).startswith(f"first non-finite value: {where} of 2/Planted")
+
+
+def test_find_nonfinite_returns_none_when_everything_is_finite():
+    model = nn.serial(nn.Dense(4), nn.serial(nn.Relu(), nn.Dense(3)), nn.Dropout(0.5))
+    assert _find(model, X, Y, optimizer=fn.optim.adam(1e-3)) is None
+
+
+def test_find_nonfinite_in_dense_conv_and_batch_norm_models():
+    # A NaN weight: the forward of its layer, naming the weight (inside a nested serial).
+    dense = nn.serial(nn.Dense(4), nn.Relu(), nn.Dense(4), nn.serial(nn.Relu(), nn.Dense(3)))
+    poison = lambda params: params[:3] + ((params[3][0], {**params[3][1],
+                                                           "w": _plant(params[3][1]["w"])}),)
+    report = _find(dense, X, Y, edit=poison)
+    assert (report.layer, report.where, report.leaf) == ("3/1/Dense", "forward", "w")
+    assert report.stats["nan"] == 8   # one column of the output, for each of the 8 examples
+
+    # An infinite kernel entry: Inf and NaN (∞ − ∞, 0·∞) in the convolution's output.
+    images = jax.random.normal(jax.random.key(3), (2, 6, 6, 1))
+    conv = nn.serial(nn.Conv2D(2, 3), nn.Relu(), nn.Flatten(), nn.Dense(3))
+    infinite = lambda params: ({**params[0], "w": params[0]["w"].at[0, 0, 0, 0].set(jnp.inf)},
+                               *params[1:])
+    report = _find(conv, images, Y[:2], edit=infinite)
+    assert (report.layer, report.where, report.leaf) == ("0/Conv2D", "forward", "w")
+    assert report.stats["inf"] + report.stats["nan"] > 0
+
+    # Batch norm at evaluation with a corrupted (negative) running variance: √ of a negative.
+    norm = nn.serial(nn.Dense(4), nn.BatchNorm(), nn.Dense(3))
+    negative = lambda state: (state[0], {**state[1], "var": state[1]["var"].at[2].set(-1.0)},
+                              state[2])
+    report = _find(norm, X, Y, edit_state=negative, train=False)
+    assert (report.layer, report.where, report.leaf) == ("1/BatchNorm", "forward", None)
+    assert report.stats["nan"] == 8
+    assert _find(norm, X, Y, edit_state=negative) is None   # training uses the batch statistics
+
+
+def test_find_nonfinite_at_the_input_and_the_loss():
+    model = nn.serial(nn.Dense(3))
+    report = _find(model, X.at[1, 2].set(jnp.inf), Y)
+    assert (report.layer, report.where) == ("input", "forward") and report.stats["inf"] == 1
+
+    nan_gradient = fn.losses.Loss("nan_gradient", fn.losses.mean_squared_error.value_fn,
+                                  lambda f, y: _plant(f - y), lambda f, y: None)
+    report = _find(model, X, jnp.zeros((8, 3)), loss=nan_gradient)
+    assert (report.layer, report.where, report.leaf) == ("loss", "backward", None)
+
+    # mean((1e20)²) overflows float32 while its gradient 2·1e20/n does not.
+    huge = lambda params: ({"w": jnp.full((5, 3), 1e20), "b": jnp.zeros(3)},)
+    report = _find(model, jnp.ones((8, 5)), jnp.zeros((8, 3)), loss=fn.losses.mean_squared_error,
+                   edit=huge)
+    assert (report.layer, report.where) == ("loss", "forward") and report.stats["inf"] == 1
+
+
+def test_find_nonfinite_in_the_optimizer_update():
+    # A dead ReLU unit gets an exactly zero gradient; Adagrad without ε divides 0 by √0.
+    model = nn.serial(nn.Dense(4), nn.Relu(), nn.Dense(3))
+    dead = lambda params: ({**params[0], "b": params[0]["b"].at[0].set(-100.0)}, *params[1:])
+    adagrad = fn.optim.chain(fn.optim.scale_by_adagrad(eps=0.0),
+                             fn.optim.scale_by_learning_rate(0.1))
+    assert _find(model, X, Y, edit=dead) is None
+    report = _find(model, X, Y, edit=dead, optimizer=adagrad)
+    assert (report.layer, report.where, report.leaf) == ("0/Dense", "update", "b")
+    assert (report.stats["nan"], report.stats["inf"], report.stats["size"]) == (1, 0, 4)
+    # The other units' updates are −0.1·g/|g| = ∓0.1.
+    assert (report.stats["min"], report.stats["max"]) == (pytest.approx(-0.1), pytest.approx(0.1))
+    params, _ = model.init(jax.random.key(0), (5,))
+    report = _find(model, X, Y, edit=dead, optimizer=adagrad, opt_state=adagrad.init(params))
+    assert (report.layer, report.where, report.leaf) == ("0/Dense", "update", "b")

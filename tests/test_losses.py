@@ -274,3 +274,65 @@ def test_multiclass_hinge_squared_may_be_traced():
             float(L.multiclass_hinge(s, labels, squared=squared)))
         chex.assert_trees_all_close(jax.jit(L.multiclass_hinge.grad)(s, labels, squared=squared),
                                     L.multiclass_hinge.grad(s, labels, squared=squared))
+
+
+# One example's (outputs, targets) per loss, built for any batch size n.
+SHAPED = {
+    "mean_squared_error": (L.mean_squared_error, lambda n: (jnp.ones((n, 3)), jnp.ones((n, 3)))),
+    "l1": (L.l1, lambda n: (jnp.ones((n, 3)), jnp.ones((n, 3)))),
+    "binary_cross_entropy": (L.binary_cross_entropy,
+                             lambda n: (jnp.full((n, 3), 0.5), jnp.ones((n, 3)))),
+    "sigmoid_binary_cross_entropy": (L.sigmoid_binary_cross_entropy,
+                                     lambda n: (jnp.ones((n, 3)), jnp.ones((n, 3)))),
+    "softmax_cross_entropy": (L.softmax_cross_entropy,
+                              lambda n: (jnp.ones((n, 3)), jnp.zeros(n, jnp.int32))),
+    "log_likelihood": (L.log_likelihood,
+                       lambda n: (jnp.full((n, 3), 1 / 3), jnp.zeros(n, jnp.int32))),
+    "multiclass_hinge": (L.multiclass_hinge,
+                         lambda n: (jnp.ones((n, 3)), jnp.zeros(n, jnp.int32))),
+    "multilabel_hinge": (L.multilabel_hinge, lambda n: (jnp.ones((n, 3)), jnp.ones((n, 3)))),
+    "multilabel_logistic": (L.multilabel_logistic,
+                            lambda n: (jnp.ones((n, 3)), jnp.ones((n, 3)))),
+    "max_margin": (L.max_margin, lambda n: (jnp.ones(n), jnp.zeros(n))),
+}
+
+
+@pytest.mark.parametrize("name", list(SHAPED))
+def test_empty_batch_is_refused_not_nan(name):
+    loss, make = SHAPED[name]
+    outputs, targets = make(0)
+    shape = r"\(0,\)" if outputs.ndim == 1 else r"\(0, 3\)"
+    message = rf"{name}: expected a non-empty batch, received outputs of shape {shape}"
+    for run in (loss, loss.grad, jax.jit(loss)):
+        with pytest.raises(ValueError, match=message):
+            run(outputs, targets)
+    assert np.isfinite(float(loss(*make(2))))
+
+
+@pytest.mark.parametrize("name", list(SHAPED))
+def test_complex_inputs_are_refused(name):
+    loss, make = SHAPED[name]
+    outputs, targets = make(2)
+    with pytest.raises(TypeError, match=rf"{name}: expected real outputs, received outputs of "
+                                        r"dtype complex64"):
+        loss(outputs.astype(jnp.complex64), targets)
+    with pytest.raises(TypeError, match=rf"{name}: expected real targets"):
+        loss.grad(outputs, targets.astype(jnp.complex64))
+
+
+@pytest.mark.parametrize("loss,probs,labels,bad,logits_loss", [
+    (L.binary_cross_entropy, [[0.2, 1.5]], [[0.0, 1.0]], "1.5", "sigmoid_binary_cross_entropy"),
+    (L.binary_cross_entropy, [[-0.25, 0.5]], [[0.0, 1.0]], "-0.25", "sigmoid_binary_cross_entropy"),
+    (L.log_likelihood, [[2.0, -1.0]], [0], "-1", "softmax_cross_entropy"),
+])
+def test_probabilities_outside_0_1_are_refused_when_concrete(loss, probs, labels, bad,
+                                                              logits_loss):
+    probs, labels = jnp.array(probs), jnp.array(labels)
+    message = (rf"{loss.name}: expected probabilities in \[0, 1\], received {bad}; "
+               rf"for logits use {logits_loss}")
+    for run in (loss, loss.grad):
+        with pytest.raises(ValueError, match=message):
+            run(probs, labels)
+    jax.jit(loss)(probs, labels)   # traced values cannot be checked: no error under jit
+    nan = jnp.full_like(probs, jnp.nan)   # let through, and not clamped to a finite loss
+    assert np.isnan(float(loss(nan, labels))) and np.isnan(loss.grad(nan, labels)).all()

@@ -107,10 +107,12 @@ def test_combinators_reject_params_or_state_of_another_model(combinator):
 @pytest.mark.parametrize("combinator", [nn.serial, nn.parallel, nn.residual])
 def test_combinators_reject_arguments_that_are_not_layers(combinator):
     name = combinator.__name__
-    with pytest.raises(TypeError, match=rf"{name}: expected a Layer at position 1, received "
+    with pytest.raises(TypeError, match=rf"{name}, position 1: expected a Layer \(an object with "
+                                        rf"init, apply, forward and backward\), received "
                                         rf"<function Relu .*call the factory: Relu\(\)"):
         combinator(nn.Dense(3), nn.Relu)
-    with pytest.raises(TypeError, match=f"{name}: expected a Layer at position 0, received 3"):
+    with pytest.raises(TypeError, match=f"{name}, position 0: expected a Layer .*, received 3, "
+                                        f"which lacks init, apply, forward, backward"):
         combinator(3)
 
 

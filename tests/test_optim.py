@@ -55,7 +55,9 @@ EVERYTHING = O.skip_not_finite(O.accumulate_gradients(O.chain(
     O.polyak(),
 ), every=2))
 
-OPTIMIZERS = {**ALIASES, "everything": EVERYTHING}
+OPTIMIZERS = {**ALIASES, "everything": EVERYTHING,
+              "partition": O.partition({"0/*": O.adam(0.01), "2/*": O.frozen()},
+                                       default=O.sgd(O.schedules.cosine(0.1, 10), momentum=0.9))}
 
 
 def _step(opt):
@@ -298,7 +300,7 @@ def test_non_finite_updates_are_skipped_and_counted():
     assert int(skipped.skipped) == 1
     updates, after = opt.update(good, skipped, params)
     chex.assert_trees_all_close(updates, O.adam(0.1).update(good, state.inner, params)[0])
-    assert int(after.skipped) == 1 and int(after.inner[0].count) == 1
+    assert int(after.skipped) == 1 and int(after.inner.inner_state[0].count) == 1
 
 
 # --- convergence -----------------------------------------------------------------------------
@@ -353,12 +355,22 @@ def test_every_optimizer_converges(name, problem):
 
 # --- wrong inputs ----------------------------------------------------------------------------
 
-def test_chain_rejects_a_state_from_a_different_optimizer():
-    params = _params()
+def test_a_state_from_a_different_optimizer_is_rejected():
+    params, grads = _params(), _grads(_params())
+    with pytest.raises(ValueError, match=r"inject_hyperparams.update: expected a state holding "
+                                         r"the hyper-parameters \['b1', 'b2', 'eps', "
+                                         r"'learning_rate', 'weight_decay'\]; was it made by "
+                                         r"another optimizer's init"):
+        O.adamw(1e-3).update(grads, O.adam(1e-3).init(params), params)
+    two = O.chain(O.scale_by_adam(), O.scale_by_learning_rate(1e-3))
+    three = O.chain(O.scale_by_adam(), O.add_decayed_weights(0.1), O.scale_by_learning_rate(1e-3))
     with pytest.raises(ValueError, match=r"chain.update: expected .* \(3\), received 2 entries"):
-        O.adamw(1e-3).update(_grads(params), O.adam(1e-3).init(params), params)
+        three.update(grads, two.init(params), params)
     with pytest.raises(ValueError, match=r"chain.update: expected .* \(2\), received 3 entries"):
-        O.adam(1e-3).update(_grads(params), O.adamw(1e-3).init(params), params)
+        two.update(grads, three.init(params), params)
+    with pytest.raises(ValueError, match=r"partition.update: expected a PartitionState with the "
+                                         r"groups \['0/\*', 'default'\]"):
+        O.partition({"0/*": O.sgd(0.1)}, default=O.frozen()).update(grads, two.init(params))
 
 
 @pytest.mark.parametrize("name", list(ALIASES))
@@ -408,7 +420,8 @@ def test_accumulating_bfloat16_gradients_into_float32_params(inner):
     params = {"w": jnp.arange(3.0)}
     grads_seq = [{"w": jnp.array([1.0, -2.0, 0.5], jnp.bfloat16) * (k + 1)} for k in range(4)]
     path, _ = _run(O.accumulate_gradients(inner, every=2), params, grads_seq)
-    means = [jax.tree.map(lambda a, b: (a.astype(jnp.float32) + b) / 2, *grads_seq[i:i + 2])
+    means = [jax.tree.map(lambda a, b: (a.astype(jnp.float32) + b.astype(jnp.float32)) / 2,
+                          *grads_seq[i:i + 2])
              for i in (0, 2)]
     reference, _ = _run(inner, params, means)
     chex.assert_trees_all_equal(path[0], params)

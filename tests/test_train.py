@@ -11,13 +11,6 @@ from funcnn import nn
 LOSS = fn.losses.softmax_cross_entropy
 
 
-@pytest.fixture(scope="module")
-def spiral():
-    x, y = fn.data.spiral(jax.random.key(0), points_per_class=100, classes=3)
-    xv, yv = fn.data.spiral(jax.random.key(1), points_per_class=50, classes=3)
-    return (x, y), (xv, yv)
-
-
 def _model():
     return nn.serial(nn.Dense(32), nn.Relu(), nn.Dense(3))
 
@@ -37,8 +30,7 @@ def test_step_is_pure_jittable_and_traces_once(spiral):
     for i in range(3):
         out = step(params, state, opt_state, x[:30], y[:30], jax.random.key(i))
     chex.assert_trees_all_equal(params, before)
-    assert set(out[3]) == {"loss", "accuracy", "update_ratio", "finite"}
-    assert set(out[3]["update_ratio"]) == {"0/w", "0/b", "2/w", "2/b"}
+    assert set(out[3]) == {"loss", "accuracy"}   # nothing that costs a pass over the parameters
 
 
 def test_hand_written_step_equals_autodiff_step(spiral):
@@ -150,51 +142,44 @@ def test_epoch_order_is_a_seeded_uniform_shuffle():
     assert ((counts - 1000) ** 2 / 1000).sum() < 21.1, counts
 
 
-def test_unguarded_epoch_samples_ratios_and_flags_divergence(spiral):
+RATIO_EVERY = 4
+
+
+def _epoch(model, opt, batch_size, **options):
+    return jax.jit(fn.train.make_epoch(fn.train.make_step(model, LOSS, opt), batch_size, **options))
+
+
+def test_epoch_samples_ratios_and_stops_at_the_first_bad_step(spiral):
     (x, y), _ = spiral
     x, y = jnp.asarray(x), jnp.asarray(y)
     model = _model()
     params, state = model.init(jax.random.key(0), (2,))
     order = jnp.asarray(fn.train.epoch_order(jax.random.key(1), 300, 20))
 
-    def run(learning_rate, guard):
+    def run(learning_rate, **options):
         opt = fn.optim.sgd(learning_rate)
-        epoch = jax.jit(fn.train.make_epoch(fn.train.make_step(model, LOSS, opt), 20, guard=guard))
-        carry = fn.train.EpochCarry(params, state, opt.init(params), jnp.array(-1))
-        return epoch(carry, x, y, jax.random.key(1), order)
+        return _epoch(model, opt, 20, **options)(fn.train.start(params, state, opt.init(params)),
+                                                 x, y, jax.random.key(1), order)
 
-    carry, metrics = run(0.1, guard=False)
+    carry, metrics = run(0.1, ratio_every=RATIO_EVERY)
     assert int(carry.bad_step) == -1
-    ratios = np.asarray(metrics["update_ratio"]["0/w"])
-    sampled = np.arange(15) % fn.train.RATIO_EVERY == 0
+    ratios = np.asarray(metrics["update_ratio"])[:, 1]   # leaf order: 0/b, 0/w, 2/b, 2/w
+    sampled = np.arange(15) % RATIO_EVERY == 0
     assert np.isfinite(ratios[sampled]).all() and np.isnan(ratios[~sampled]).all()
     # Step 0's ratio is ‖Δw‖/‖w‖ of that step, computed here by hand.
     w = params[0]["w"]
     grads = jax.grad(lambda p: LOSS(model.apply(p, state, x[order[0]])[0], y[order[0]]))(params)
     assert ratios[0] == pytest.approx(float(jnp.linalg.norm(0.1 * grads[0]["w"])
                                             / jnp.linalg.norm(w)), rel=1e-4)
-    # A step of the user's own, without an "update_ratio" metric, gets the same ratio rows: the
-    # epoch takes them from the parameters before and after the sampled steps.
-    base = fn.train.make_step(model, LOSS, fn.optim.sgd(0.1))
-
-    def own_step(*args):
-        params, state, opt_state, metrics = base(*args)
-        return params, state, opt_state, {k: v for k, v in metrics.items() if k != "update_ratio"}
-
-    wrapped = jax.jit(fn.train.make_epoch(own_step, 20, guard=False))
-    opt_state = fn.optim.sgd(0.1).init(params)
-    other, other_metrics = wrapped(fn.train.EpochCarry(params, state, opt_state, jnp.array(-1)),
-                                   x, y, jax.random.key(1), order)
-    chex.assert_trees_all_close(other.params, carry.params)
-    chex.assert_trees_all_close(other_metrics["update_ratio"], metrics["update_ratio"])
-    # lr = 1e20 diverges: the unguarded epoch flags it, the guarded one names the step and
-    # keeps the last finite values.
-    flagged, _ = run(1e20, guard=False)
-    guarded, guarded_metrics = run(1e20, guard=True)
+    assert "update_ratio" not in run(0.1)[1]
+    # lr = 1e20 diverges: the epoch stops at the failed step with the last finite values; the
+    # failed step's row is what it computed, the rows after it never ran.
+    guarded, guarded_metrics = run(1e20)
     bad = int(guarded.bad_step)
-    assert int(flagged.bad_step) >= 0 and bad >= 0
+    assert bad >= 1
     chex.assert_tree_all_finite(guarded.params)
-    assert np.isnan(np.asarray(guarded_metrics["loss"])[bad:]).all()
+    losses = np.asarray(guarded_metrics["loss"])
+    assert np.isfinite(losses[:bad]).all() and np.isnan(losses[bad + 1:]).all()
 
 
 def test_epoch_is_its_steps_one_by_one(spiral):
@@ -204,45 +189,48 @@ def test_epoch_is_its_steps_one_by_one(spiral):
     x, y = jnp.asarray(x), jnp.asarray(y)
     model, opt = _model(), fn.optim.adam(0.01)
     params, state = model.init(jax.random.key(0), (2,))
-    steps = fn.train.RATIO_EVERY + 3
+    steps = RATIO_EVERY + 3
     order = jnp.asarray(fn.train.epoch_order(jax.random.key(1), 300, 300 // steps))
     step = fn.train.make_step(model, LOSS, opt)
-    epoch = jax.jit(fn.train.make_epoch(step, 300 // steps, guard=False))
-    carry, metrics = epoch(fn.train.EpochCarry(params, state, opt.init(params), jnp.array(-1)),
-                           x, y, jax.random.key(1), order)
+    epoch = _epoch(model, opt, 300 // steps, ratio_every=RATIO_EVERY)
+    carry, metrics = epoch(fn.train.start(params, state, opt.init(params)), x, y,
+                           jax.random.key(1), order)
     chex.assert_shape(metrics["loss"], (steps,))
     one_step, opt_state, losses, ratios = jax.jit(step), opt.init(params), [], []
     for i in range(steps):
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(1), i), 0)
-        params, state, opt_state, step_metrics = one_step(params, state, opt_state,
-                                                          x[order[i]], y[order[i]], key)
+        new_params, state, opt_state, step_metrics = one_step(params, state, opt_state,
+                                                              x[order[i]], y[order[i]], key)
         losses.append(step_metrics["loss"])
-        ratios.append(step_metrics["update_ratio"]["0/w"])
+        ratios.append(float(jnp.linalg.norm(new_params[0]["w"] - params[0]["w"])
+                            / jnp.linalg.norm(params[0]["w"])))
+        params = new_params
     chex.assert_trees_all_close((carry.params, carry.opt_state), (params, opt_state), rtol=1e-5,
                                 atol=1e-7)
     np.testing.assert_allclose(metrics["loss"], np.array(losses), rtol=1e-5)
-    sampled = np.arange(steps) % fn.train.RATIO_EVERY == 0
-    np.testing.assert_allclose(np.asarray(metrics["update_ratio"]["0/w"])[sampled],
-                               np.array(ratios)[sampled], rtol=1e-4)
-    assert np.isnan(np.asarray(metrics["update_ratio"]["0/w"])[~sampled]).all()
+    sampled = np.arange(steps) % RATIO_EVERY == 0
+    column = np.asarray(metrics["update_ratio"])[:, 1]
+    np.testing.assert_allclose(column[sampled], np.array(ratios)[sampled], rtol=1e-4)
+    assert np.isnan(column[~sampled]).all()
 
 
 def test_epoch_compiles_its_step_once(spiral):
     """The whole-epoch program holds one copy of the step (compilation is most of the time to the
-    first step): the products of one jitted step and the two dot products per leaf of the
-    sampled update ratios (the step's own, unused, are left for XLA to drop)."""
+    first step): the products of one jitted step, plus the two dot products per leaf of the
+    sampled update ratios when they are asked for."""
     (x, y), _ = spiral
     x, y = jnp.asarray(x), jnp.asarray(y)
     model, opt = _model(), fn.optim.adam(0.01)
     params, state = model.init(jax.random.key(0), (2,))
     step = fn.train.make_step(model, LOSS, opt)
-    carry = fn.train.EpochCarry(params, state, opt.init(params), jnp.array(-1))
+    carry = fn.train.start(params, state, opt.init(params))
     order = jnp.asarray(fn.train.epoch_order(jax.random.key(1), 300, 20))
     count = lambda f, *args: jax.jit(f).lower(*args).as_text().count("dot_general")
     in_step = count(step, params, state, opt.init(params), x[:20], y[:20], jax.random.key(2))
-    in_epoch = count(fn.train.make_epoch(step, 20, guard=False), carry, x, y, jax.random.key(1),
-                     order)
-    assert in_step > 0 and in_epoch == in_step + 2 * len(jax.tree.leaves(params))
+    for ratio_every, extra in ((None, 0), (RATIO_EVERY, 2 * len(jax.tree.leaves(params)))):
+        in_epoch = count(fn.train.make_epoch(step, 20, ratio_every=ratio_every), carry, x, y,
+                         jax.random.key(1), order)
+        assert in_step > 0 and in_epoch == in_step + extra
 
 
 def test_streaming_path_matches_scan(spiral):
@@ -290,10 +278,11 @@ def test_bad_arguments(spiral):
         _fit((x, y), validation=(validation[0], validation[1][:-1]))
     with pytest.raises(ValueError, match="expected mode None, 'min' or 'max'"):
         fn.train.EarlyStopping(mode="maximum")
-    with pytest.raises(ValueError, match="expected a patience of at least 1"):
+    with pytest.raises(ValueError, match=r"expected patience \(epochs\) to be an int ≥ 1"):
         fn.train.EarlyStopping(patience=0)
-    with pytest.raises(ValueError, match=r"'val_acc' is not in the history; expected one of: "
-                                         r"accuracy, loss, val_accuracy, val_loss"):
+    with pytest.raises(ValueError, match=r"'val_acc' is not in the logs; expected one of: "
+                                         r"accuracy, epoch_time, learning_rate, loss, "
+                                         r"samples_per_second, val_accuracy, val_loss"):
         _fit((x, y), validation=validation, early_stopping=fn.train.EarlyStopping("val_acc"))
 
 
@@ -390,21 +379,23 @@ def test_reduce_on_plateau_is_fed_the_loss_by_fit(spiral):
     assert float(result.opt_state[-1].scale) == pytest.approx(0.25)
 
 
-def test_fit_history_is_the_epoch_scans_metrics(spiral):
-    """fit finishes the compiled scan on the host (ratio columns, means): its epoch-1 history is
-    make_epoch's traceable epoch on the same batches, leaf by leaf."""
+def test_fit_history_is_the_epoch_programs_metrics(spiral):
+    """fit's epoch-1 history is make_epoch's epoch on the same batches, leaf by leaf."""
     train, _ = spiral
     model, opt = _model(), fn.optim.sgd(0.5, momentum=0.9)
     init_key, train_key = jax.random.split(jax.random.key(0))
     params, state = model.init(init_key, (2,))
-    result = _fit(train, epochs=1, params=params, state=state)
+    result = _fit(train, epochs=1, params=params, state=state,
+                  callbacks=[fn.train.UpdateRatio(every=RATIO_EVERY)])
     epoch_key = jax.random.fold_in(train_key, 1)
-    epoch = jax.jit(fn.train.make_epoch(fn.train.make_step(model, LOSS, opt), 30, guard=False))
-    carry, metrics = epoch(fn.train.EpochCarry(params, state, opt.init(params), jnp.array(-1)),
+    epoch = _epoch(model, opt, 30, ratio_every=RATIO_EVERY)
+    carry, metrics = epoch(fn.train.start(params, state, opt.init(params)),
                            jnp.asarray(train[0]), jnp.asarray(train[1]), epoch_key,
                            jnp.asarray(fn.train.epoch_order(epoch_key, 300, 30)))
     chex.assert_trees_all_close(result.params, carry.params)
     assert result.history["loss"][0] == pytest.approx(float(jnp.mean(metrics["loss"])), rel=1e-6)
-    for leaf, column in metrics["update_ratio"].items():
+    assert result.history["learning_rate"] == [pytest.approx(0.5)]
+    ratios = np.asarray(metrics["update_ratio"])
+    for k, leaf in enumerate(fn.paths.leaf_paths(params)):
         assert result.history["update_ratio"][0][leaf] == pytest.approx(
-            float(jnp.nanmean(column)), rel=1e-6)
+            float(np.nanmean(ratios[:, k])), rel=1e-6)

@@ -40,7 +40,8 @@ def rotate(images, angles):
     the image clockwise as displayed (row 0 at the top): π/2 equals np.rot90(k=−1)."""
     _check_images("rotate", images)
     _, h, w, _ = images.shape
-    rows, cols = jnp.meshgrid(jnp.arange(h) - (h - 1) / 2, jnp.arange(w) - (w - 1) / 2,
+    rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - (h - 1) / 2,
+                              jnp.arange(w, dtype=jnp.float32) - (w - 1) / 2,
                               indexing="ij")
 
     def one(image, angle):
@@ -61,7 +62,7 @@ def random_rotation(key, images, max_degrees: float = 10.0):
 def _gaussian_blur(field, sigma):
     """Separable Gaussian smoothing of a (H, W) field, radius 3σ, zero padding."""
     radius = max(1, int(3 * sigma))
-    taps = jnp.exp(-0.5 * (jnp.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = jnp.exp(-0.5 * (jnp.arange(-radius, radius + 1, dtype=field.dtype) / sigma) ** 2)
     taps = taps / jnp.sum(taps)
     blur = lambda line: jnp.convolve(jnp.pad(line, radius), taps, mode="valid")
     blur_rows = jax.vmap(blur, in_axes=1, out_axes=1)

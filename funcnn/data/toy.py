@@ -38,6 +38,7 @@ def spiral(key, points_per_class: int = 100, classes: int = 3, noise: float = 0.
     radius = jnp.tile(jnp.linspace(0.0, 1.0, points_per_class), classes)
     labels = jnp.repeat(jnp.arange(classes, dtype=jnp.int32), points_per_class)
     start = jnp.linspace(0.0, 4.0, points_per_class)
-    theta = jnp.tile(start, classes) + 4.0 * labels + noise * jax.random.normal(key, radius.shape)
+    theta = (jnp.tile(start, classes) + 4.0 * labels.astype(start.dtype)
+             + noise * jax.random.normal(key, radius.shape))
     points = jnp.stack([radius * jnp.sin(theta), radius * jnp.cos(theta)], axis=1)
     return np.asarray(points, np.float32), np.asarray(labels)

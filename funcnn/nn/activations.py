@@ -11,7 +11,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcnn.nn.core import Layer, along_last_axis, check_floating, check_in_shape
+from funcnn.nn.core import (Layer, along_last_axis, check_floating, check_in_shape,
+                            in_param_dtypes, promoted)
+from funcnn.values import value_factory
 
 
 def sigmoid(z):
@@ -131,42 +133,50 @@ def _hard_tanh_region(z):
     return (z >= -1).astype(jnp.int8) + (z > 1).astype(jnp.int8)
 
 
+@value_factory
 def Sigmoid() -> Layer:
     """σ(z) = 1/(1+e^{−z}); backward dy ⊙ σ(z)(1−σ(z))."""
     return _elementwise("Sigmoid", sigmoid, sigmoid_prime)
 
 
+@value_factory
 def Tanh() -> Layer:
     """tanh(z); backward dy ⊙ (1 − tanh²z)."""
     return _elementwise("Tanh", tanh, tanh_prime)
 
 
+@value_factory
 def HardTanh() -> Layer:
     """clip(z, −1, 1); backward dy ⊙ 1[−1 ≤ z ≤ 1]."""
     return _elementwise("HardTanh", hard_tanh, hard_tanh_prime, _hard_tanh_region)
 
 
+@value_factory
 def Softsign() -> Layer:
     """z/(1+|z|); backward dy / (1+|z|)²."""
     return _elementwise("Softsign", softsign, softsign_prime)
 
 
+@value_factory
 def Relu() -> Layer:
     """max(0, z); backward dy ⊙ 1[z > 0]."""
     return _elementwise("Relu", relu, relu_prime, _sign_of)
 
 
+@value_factory
 def LeakyRelu(slope: float = 0.01) -> Layer:
     """z if z > 0 else slope·z; backward dy ⊙ (1 or slope)."""
     return _elementwise("LeakyRelu", lambda z: leaky_relu(z, slope),
                         lambda z: leaky_relu_prime(z, slope), _sign_of)
 
 
+@value_factory
 def Identity() -> Layer:
     """y = x; backward dx = dy."""
     return _elementwise("Identity", lambda z: z, jnp.ones_like)
 
 
+@value_factory
 def PRelu(init_slope: float = 0.25) -> Layer:
     """Parametric ReLU (He et al. 2015): y = z if z > 0 else a·z, one learned slope per channel.
 
@@ -185,14 +195,15 @@ def PRelu(init_slope: float = 0.25) -> Layer:
         if z.shape[-1] != params["slope"].shape[0]:
             raise ValueError(f"PRelu: expected {params['slope'].shape[0]} channels (last axis), "
                              f"received {z.shape[-1]} in an input of shape {tuple(z.shape)}")
-        return jnp.where(z > 0, z, along_last_axis(params["slope"], z.ndim) * z), state, z
+        z_c, slope = promoted(z, params["slope"])
+        return jnp.where(z_c > 0, z_c, along_last_axis(slope, z.ndim) * z_c), state, z
 
     def backward(params, z, dy):
-        negative = jnp.where(z > 0, jnp.zeros_like(z), z)
+        z_c, slope, dy = promoted(z, params["slope"], dy)
+        negative = jnp.where(z_c > 0, jnp.zeros_like(z_c), z_c)
         dslope = jnp.sum(dy * negative, axis=tuple(range(z.ndim - 1)))
-        slope = along_last_axis(params["slope"], z.ndim) * jnp.ones_like(z)
-        dz = dy * jnp.where(z > 0, jnp.ones_like(z), slope)
-        return {"slope": dslope}, dz
+        dz = dy * jnp.where(z_c > 0, jnp.ones_like(z_c), along_last_axis(slope, z.ndim))
+        return in_param_dtypes({"slope": dslope}, params), dz.astype(z.dtype)
 
     def branches(params, state, z, *, key=None, train=False):
         del params, state, key, train
@@ -217,11 +228,13 @@ def _from_output(name, f, vjp):
     return Layer(name, _no_params, forward, backward)
 
 
+@value_factory
 def Softmax() -> Layer:
     """softmax over the last axis; backward y ⊙ (dy − ⟨dy, y⟩)."""
     return _from_output("Softmax", softmax, softmax_vjp)
 
 
+@value_factory
 def LogSoftmax() -> Layer:
     """log-softmax over the last axis; backward dy − softmax(z)·Σdy."""
     return _from_output("LogSoftmax", log_softmax, log_softmax_vjp)

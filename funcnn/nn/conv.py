@@ -5,6 +5,13 @@ for ∂L/∂x, a convolution of the input with δ for ∂L/∂W, window sums for
 Python loop over pixels. Padding follows XLA/TensorFlow: "SAME" puts any odd extra row/column
 at the bottom/right; pools are always VALID (windows that do not fit are dropped, and the
 uncovered rows/columns of the input get zero gradient).
+
+`Conv2D` and `MaxPool` each have two formulations of one function, chosen by their `algorithm`
+argument: "gemm"/"stack" (matrix products over im2col patches; a selection among stacked
+windows) or "xla" (XLA's convolution; `reduce_window`), in every mode and on every backend, or
+"auto", the documented policy of `auto_algorithm` (the fast one on each backend, for training
+and for evaluation). For a given `train`, `apply`, `forward` and `jax.grad` of `apply` use the
+same one.
 """
 from __future__ import annotations
 
@@ -15,8 +22,9 @@ from jax import lax
 
 from funcnn import init as initializers
 from funcnn.nn.core import (Layer, along_last_axis, carried_shape, check_entry, check_floating,
-                            check_in_shape, describe_shape, first_max, is_positive_int,
-                            route_to_winner, shape_carrier)
+                            check_in_shape, describe_shape, first_max, in_param_dtypes,
+                            is_positive_int, promoted, route_to_winner, shape_carrier)
+from funcnn.values import value_factory
 
 _NHWC = "(batch, height, width, channels)"
 
@@ -110,16 +118,32 @@ def conv2d_kernel_grad(x, dy, kernel_hw, strides, pads):
     return jnp.transpose(grad, (1, 2, 0, 3))
 
 
-def _on_xla_cpu() -> bool:
-    """Whether training runs on matrix products and window stacks. On XLA:CPU, yes. Measured
-    per step of a 20-step `lax.scan` (jax 0.10, 2 cores, batch 128), C's second conv layer
-    (12×12×32 → 64, 5×5): forward and backward as convolutions 40 ms, as GEMMs sharing one
-    im2col 21 ms; `jax.grad` of `lax.conv` about 4 s (its transposes leave XLA's fast path
-    inside loops), of the GEMM form 19 ms; a 2×2 max-pool's `jax.grad` 32 ms through
-    `reduce_window`, 8 ms through stacked windows. The forward alone is a tie (13 vs 12 ms), so
-    evaluation (`apply(train=False)`) keeps `lax.conv`, which builds no patches. On GPU/TPU
-    everything stays on XLA's own ops."""
-    return jax.default_backend() == "cpu"
+def auto_algorithm(algorithm: str, train: bool, cpu_training: str) -> str:
+    """The formulation `algorithm` names, "auto" resolved: `cpu_training` ("gemm" for Conv2D,
+    "stack" for MaxPool) to train on XLA:CPU (JAX's default backend), XLA's own op ("xla") to
+    evaluate there and for everything on GPU/TPU, where XLA's convolutions and window reductions
+    are the fast path. An explicit "gemm", "stack" or "xla" is used in both modes.
+
+    Training on XLA:CPU (jax 0.10, 2 cores, batch 128, per step of a 20-step `lax.scan`): C's
+    second conv layer (12×12×32 → 64, 5×5) trained with forward and backward as convolutions in
+    40 ms, as GEMMs sharing one im2col in 21 ms; `jax.grad` of `lax.conv` took about 4 s (its
+    transposes leave XLA's fast path inside loops), of the GEMM form 19 ms; a 2×2 max-pool's
+    `jax.grad` 32 ms through `reduce_window`, 8 ms through stacked windows. Evaluating there is
+    the other way round: C's forward on a batch of 1000 took 1.6–1.8× as long as GEMMs and
+    stacked windows as through `lax.conv` and `reduce_window` (the im2col patches of the second
+    layer, 205 MB, are written and read again; Eigen's convolution tiles them in cache).
+    The two formulations compute the same function: MaxPool's to the bit (values and the
+    gradient's tie rule), Conv2D's up to float rounding (the order of the sums; tested to
+    rtol 1e-5 in float32 and 1e-12 in float64, often bit-identical on XLA:CPU)."""
+    if algorithm != "auto":
+        return algorithm
+    return cpu_training if train and jax.default_backend() == "cpu" else "xla"
+
+
+def _check_algorithm(name: str, algorithm, choices: tuple[str, ...]) -> None:
+    if algorithm not in choices:
+        raise ValueError(f"{name}: expected algorithm to be one of {', '.join(map(repr, choices))}"
+                         f", received {algorithm!r}")
 
 
 def _padded(x, pads):
@@ -191,17 +215,21 @@ def _col2im_by_kernel_rows(dy2, w, out_nhw, padded_hw, strides):
     return lax.fori_loop(0, kh, add_kernel_row, jnp.zeros((n, height, width, cin), dy2.dtype))
 
 
+@value_factory
 def Conv2D(features: int, kernel, strides=1, padding: str = "VALID", w_init=initializers.he_normal,
-           b_init=initializers.zeros) -> Layer:
+           b_init=initializers.zeros, algorithm: str = "auto") -> Layer:
     """2-D convolution (cross-correlation, as every deep-learning library) on NHWC images.
 
     y[n, p, q, d] = b[d] + Σ_{i, j, c} x_pad[n, p·sh + i, q·sw + j, c] · w[i, j, c, d].
     x: (batch, h, w, cin); params {"w": (kh, kw, cin, cout), "b": (cout,)}; y: (batch, ho, wo, cout)
     with ho = ⌊(h − kh)/sh⌋ + 1 for "VALID" and ⌈h/sh⌉ for "SAME" (extra pad at the bottom/right).
-    Backward: ∂L/∂x = transposed convolution of δ with the flipped kernel; ∂L/∂W = x ⋆ δ;
-    ∂L/∂b = Σ_{n,p,q} δ — in training on the CPU, y = im2col(x)·W, ∂L/∂W = im2col(x)ᵀδ and
-    ∂L/∂x = col2im(δWᵀ), GEMMs sharing the forward's patches (see `_on_xla_cpu`). `kernel`
-    and `strides` are an int or an (h, w) pair.
+    `kernel` and `strides` are an int or an (h, w) pair.
+    `algorithm` — the same function, two formulations (they differ by float rounding only):
+    "gemm": y = im2col(x)·W, ∂L/∂W = im2col(x)ᵀδ, ∂L/∂x = col2im(δWᵀ), matrix products sharing
+    the forward's patches; "xla": `lax.conv`, ∂L/∂x = the transposed convolution of δ with the
+    flipped kernel, ∂L/∂W = x ⋆ δ; "auto": "gemm" to train on XLA:CPU, "xla" otherwise
+    (`auto_algorithm`). In every case ∂L/∂b = Σ_{n,p,q} δ; `apply`, `forward` and `jax.grad`
+    of `apply` use the same formulation for the same `train`.
 
     >>> layer = Conv2D(8, 5, padding="SAME")
     >>> params, state = layer.init(jax.random.key(0), (28, 28, 1))   # w: (5, 5, 1, 8)
@@ -214,6 +242,7 @@ def Conv2D(features: int, kernel, strides=1, padding: str = "VALID", w_init=init
     strides = _pair("Conv2D", "the strides", strides)
     if padding not in ("VALID", "SAME"):
         raise ValueError(f"Conv2D: expected padding 'VALID' or 'SAME', received {padding!r}")
+    _check_algorithm("Conv2D", algorithm, ("auto", "gemm", "xla"))
 
     def pads_for(in_hw):
         if padding == "VALID":
@@ -232,51 +261,35 @@ def Conv2D(features: int, kernel, strides=1, padding: str = "VALID", w_init=init
         return {"w": w_init(w_key, kernel_hw + (in_shape[-1], features)),
                 "b": b_init(b_key, (features,))}, {}
 
-    def operands(params, x):
+    def forward(params, state, x, *, key=None, train=False):
+        del key
         w = check_entry("Conv2D", "params", params, "w", kernel_hw + ("cin", features))
-        check_entry("Conv2D", "params", params, "b", (features,))
+        b = check_entry("Conv2D", "params", params, "b", (features,))
         _check_image("Conv2D", x, w.shape[2])
         output_shape(x.shape[1:])
-        dtype = jnp.result_type(x, w)   # promote as `x @ w` would
-        return x.astype(dtype), w.astype(dtype), pads_for(x.shape[1:3])
-
-    def with_bias(params, y):
-        return y + along_last_axis(params["b"], 4)
-
-    def apply(params, state, x, *, key=None, train=False):
-        del key
-        x, w, pads = operands(params, x)
-        if train and _on_xla_cpu():
-            return with_bias(params, conv2d_as_gemm(x, w, strides, pads)[0]), state
-        return with_bias(params, _conv(x, w, strides=strides, padding=pads)), state
-
-    def forward(params, state, x, *, key=None, train=False):
-        del key, train
-        xc, w, pads = operands(params, x)
-        if _on_xla_cpu():   # the patches are the backward's operand too: build them once
+        xc, w, b = promoted(x, w, b)
+        pads = pads_for(x.shape[1:3])
+        if auto_algorithm(algorithm, train, "gemm") == "gemm":   # patches: backward's too
             y, patches = conv2d_as_gemm(xc, w, strides, pads)
-            return with_bias(params, y), state, (patches, shape_carrier(x))
-        return with_bias(params, _conv(xc, w, strides=strides, padding=pads)), state, x
+            return y + along_last_axis(b, 4), state, (patches, shape_carrier(x))
+        return _conv(xc, w, strides=strides, padding=pads) + along_last_axis(b, 4), state, x
 
     def backward(params, residuals, dy):
         w = params["w"].astype(dy.dtype)
-        if _on_xla_cpu():
-            patches, carrier = residuals
-            in_shape = carried_shape(carrier)
-            pads = pads_for(in_shape[1:3])
-            dw, dx = conv2d_gemm_backward(patches.astype(dy.dtype), w, dy, in_shape[1:3],
-                                          strides, pads)
-            x_dtype = carrier.dtype
+        if isinstance(residuals, tuple):   # the GEMM forward's; x: a zero-byte carrier
+            patches, x = residuals
+            in_hw = carried_shape(x)[1:3]
+            dw, dx = conv2d_gemm_backward(patches.astype(dy.dtype), w, dy, in_hw, strides,
+                                          pads_for(in_hw))
         else:
-            x = residuals.astype(dy.dtype)
-            pads = pads_for(x.shape[1:3])
-            dw = conv2d_kernel_grad(x, dy, kernel_hw, strides, pads)
-            dx = conv2d_input_grad(dy, w, x.shape[1:3], strides, pads)
-            x_dtype = residuals.dtype
-        db = jnp.sum(dy, axis=(0, 1, 2)).astype(params["b"].dtype)
-        return {"w": dw.astype(params["w"].dtype), "b": db}, dx.astype(x_dtype)
+            x = residuals
+            in_hw, pads = x.shape[1:3], pads_for(x.shape[1:3])
+            dw = conv2d_kernel_grad(x.astype(dy.dtype), dy, kernel_hw, strides, pads)
+            dx = conv2d_input_grad(dy, w, in_hw, strides, pads)
+        grads = {"w": dw, "b": jnp.sum(dy, axis=(0, 1, 2))}
+        return in_param_dtypes(grads, params), dx.astype(x.dtype)
 
-    return Layer("Conv2D", init, forward, backward, output_shape, apply_fn=apply)
+    return Layer("Conv2D", init, forward, backward, output_shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +368,8 @@ def _window_unstack(g, in_hw, window, strides):
     return total
 
 
-def MaxPool(window, strides=None) -> Layer:
+@value_factory
+def MaxPool(window, strides=None, algorithm: str = "auto") -> Layer:
     """Max pooling over VALID windows of NHWC images: y[n, p, q, c] = max over the window of x.
 
     x: (batch, h, w, c) → (batch, ⌊(h − kh)/sh⌋ + 1, ⌊(w − kw)/sw⌋ + 1, c); strides=None means
@@ -364,9 +378,16 @@ def MaxPool(window, strides=None) -> Layer:
     of `apply`. With overlapping windows an input that wins several windows receives the sum of
     their δ. `branches` is the winner's index in the window, so `fn.gradcheck` reports a winner
     change as a kink.
+    `algorithm` only changes how `apply` is written for `jax.grad` (values and gradients are the
+    same, to the bit): "stack", a selection of the first maximum among the stacked window
+    entries (its gradient is elementwise); "xla", `lax.reduce_window` (its gradient a
+    select-and-scatter); "auto": "stack" to train on XLA:CPU, "xla" otherwise
+    (`auto_algorithm`). The hand-written `forward` always stacks the windows: its residual is
+    the winner.
     """
     window, strides = _pool_geometry("MaxPool", window, strides)
     output_shape = _pool_output_shape("MaxPool", window, strides)
+    _check_algorithm("MaxPool", algorithm, ("auto", "stack", "xla"))
 
     def winners(x):
         """(y, the winner's index in its window): the first maximum of the stacked windows."""
@@ -376,7 +397,7 @@ def MaxPool(window, strides=None) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False):
         del params, key
-        if train and _on_xla_cpu():   # autodiff of a selection from stacked windows stays fast
+        if auto_algorithm(algorithm, train, "stack") == "stack":
             return winners(x)[0], state
         _check_image("MaxPool", x)
         output_shape(x.shape[1:])
@@ -400,6 +421,7 @@ def MaxPool(window, strides=None) -> Layer:
     return Layer("MaxPool", _pool_init("MaxPool"), forward, backward, output_shape, branches, apply)
 
 
+@value_factory
 def AvgPool(window, strides=None) -> Layer:
     """Average pooling over VALID windows: y = (1/(kh·kw)) Σ_window x; shapes as `MaxPool`.
 
@@ -422,6 +444,7 @@ def AvgPool(window, strides=None) -> Layer:
     return Layer("AvgPool", _pool_init("AvgPool"), forward, backward, output_shape)
 
 
+@value_factory
 def L2Pool(window, strides=None) -> Layer:
     """L2 pooling over VALID windows: y = √(Σ_window x²); shapes as `MaxPool`.
 

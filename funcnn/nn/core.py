@@ -12,6 +12,17 @@ A layer is an immutable value holding pure functions (shapes exclude the batch a
 `branches` returns the discrete choice taken at every kink of a piecewise function (the sign of
 a ReLU pre-activation, the winner of a max); a smooth layer returns `()`. `fn.gradcheck` compares
 branches at θ ± h to tell a real gradient error from a kink crossed by the finite difference.
+
+Layers are values: every factory of `fn.nn` (`Dense(3)`, `serial(...)`) records its
+configuration (`funcnn.values`), and two layers with equal configurations are equal and hash
+equal, so a rebuilt model reuses the compiled programs cached for the first. A user's own layer
+may be a `Layer(...)` built directly (equal only to itself) or any object with `init`, `apply`,
+`forward` and `backward`; the combinators accept both (`as_layer`).
+
+Dtypes: a layer computes in the standard promotion of its input's and its parameters' dtypes
+(what `x @ w` gives in JAX's default mode), and casts explicitly, so it runs unchanged under
+`jax_numpy_dtype_promotion="strict"`; its `backward` returns ∂L/∂x in x's dtype and each
+∂L/∂θ in θ's dtype, as `jax.vjp` does.
 """
 from __future__ import annotations
 
@@ -23,6 +34,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from funcnn.values import config_of, describe, tag
 
 Shape = tuple[int, ...]
 
@@ -36,9 +49,15 @@ def _same_shape(in_shape):
     return tuple(in_shape)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Layer:
-    """A layer: pure `init`, `forward`, `backward` (and `apply`, `output_shape`, `branches`)."""
+    """A layer: pure `init`, `forward`, `backward` (and `apply`, `output_shape`, `branches`).
+
+    `config` is the record of the factory call that built it (`funcnn.values`): layers with
+    equal configs are equal and hash equal; a layer without one (built directly) is equal only
+    to itself. Only `with_config` sets it: a copy made by `dataclasses.replace` (another name,
+    another apply) has none, so that it is never taken for the layer it was derived from.
+    """
 
     name: str
     init: Callable[..., tuple[Any, Any]]
@@ -48,6 +67,7 @@ class Layer:
     branches: Callable[..., Any] = _no_branches
     apply_fn: Callable[..., tuple[Any, Any]] | None = None
     children: tuple = ()   # a serial's layers, in order (for per-layer diagnostics)
+    config: tuple | None = dataclasses.field(default=None, init=False)
 
     def apply(self, params, state, x, *, key=None, train=False):
         """y, state = layer.apply(params, state, x): the forward pass without residuals."""
@@ -56,8 +76,26 @@ class Layer:
         y, state, _ = self.forward(params, state, x, key=key, train=train)
         return y, state
 
+    def with_config(self, config: tuple) -> Layer:
+        """A copy of this layer, compared and hashed by `config`."""
+        tagged = dataclasses.replace(self)
+        object.__setattr__(tagged, "config", config)
+        return tagged
+
+    def __eq__(self, other):
+        if self is other:
+            return True
+        if not isinstance(other, Layer):
+            return NotImplemented
+        return self.config is not None and self.config == other.config
+
+    def __hash__(self):
+        return id(self) if self.config is None else hash(self.config)
+
     def __repr__(self):
-        return self.name if "(" in self.name else f"{self.name}()"
+        if "(" in self.name:   # a combinator: its children's reprs
+            return self.name
+        return describe(self.config) if self.config is not None else f"{self.name}()"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,14 +183,55 @@ def child_key(key, index: int):
 # Combinators.
 
 
-def _check_layers(combinator: str, layers) -> None:
-    """Raise TypeError for an argument that is not a Layer, e.g. the factory `Relu` uncalled."""
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            name = getattr(layer, "__name__", None)
-            hint = f"; call the factory: {name}()" if callable(layer) and name else ""
-            raise TypeError(f"{combinator}: expected a Layer at position {i}, received "
-                            f"{layer!r}{hint}")
+_LAYER_METHODS = ("init", "apply", "forward", "backward")
+
+
+def as_layer(layer, where: str = "as_layer") -> Layer:
+    """`layer` as a `Layer`: itself when it is one; any other object with `init`, `apply`,
+    `forward` and `backward` (a NamedTuple, a dataclass) is adapted — its output shape inferred
+    with `jax.eval_shape` when it has no `output_shape`, smooth (`branches` → ()) when it has no
+    `branches`. Raises TypeError for anything else, e.g. the factory `Relu` uncalled."""
+    if isinstance(layer, Layer):
+        return layer
+    missing = [m for m in _LAYER_METHODS if not callable(getattr(layer, m, None))]
+    if missing:
+        name = getattr(layer, "__name__", None)
+        hint = f"; call the factory: {name}()" if callable(layer) and name else ""
+        raise TypeError(f"{where}: expected a Layer (an object with init, apply, forward and "
+                        f"backward), received {layer!r}, which lacks {', '.join(missing)}{hint}")
+    name = type(layer).__name__
+    return Layer(name, layer.init, layer.forward, layer.backward,
+                 getattr(layer, "output_shape", None) or _inferred_output_shape(name, layer),
+                 getattr(layer, "branches", None) or _no_branches, layer.apply)
+
+
+def _inferred_output_shape(name: str, layer):
+    """output_shape(in_shape) of a layer that has none: its eval-mode apply on one example,
+    traced by `jax.eval_shape` (nothing runs); a tuple of shapes for a tuple of outputs."""
+
+    def output_shape(in_shape):
+        in_shape = check_in_shape(name, in_shape)
+
+        def run(key):
+            params, state = layer.init(key, in_shape)
+            return layer.apply(params, state, jnp.zeros((1,) + in_shape), train=False)[0]
+
+        outputs = jax.eval_shape(run, jax.random.key(0))
+        return jax.tree.map(lambda out: tuple(out.shape[1:]), outputs)
+
+    return output_shape
+
+
+def _as_layers(combinator: str, layers) -> tuple[Layer, ...]:
+    return tuple(as_layer(layer, f"{combinator}, position {i}") for i, layer in enumerate(layers))
+
+
+def _as_value(combinator, made: Layer, layers) -> Layer:
+    """`made` compared and hashed by its combinator and its children, as `value_factory` would,
+    a child that is not a `Layer` recorded with its type: a NamedTuple layer alone compares as
+    the tuple of its fields, equal to any other class's with the same fields."""
+    record = tuple(c if isinstance(c, Layer) else (type(c), c) for c in layers)
+    return tag(made, config_of(combinator, *record))
 
 
 def _check_per_layer(combinator: str, count: int, **trees) -> None:
@@ -166,14 +245,14 @@ def _check_per_layer(combinator: str, count: int, **trees) -> None:
                              f"per layer, received {received}")
 
 
-def serial(*layers: Layer) -> Layer:
+def serial(*layers) -> Layer:
     """Composition f_n ∘ … ∘ f_1. params and state are tuples with one entry per layer.
 
     Backward runs the children's backward in reverse: δ flows from the last layer to the first.
     """
     if not layers:
         raise ValueError("serial: expected at least one layer, received none")
-    _check_layers("serial", layers)
+    given, layers = layers, _as_layers("serial", layers)
     count = len(layers)
 
     def init(key, in_shape):
@@ -225,14 +304,13 @@ def serial(*layers: Layer) -> Layer:
         return tuple(found)
 
     names = ", ".join(repr(layer) for layer in layers)
-    return Layer(f"serial({names})", init, forward, backward, output_shape, branches, apply,
-                 children=tuple(layers))
+    return _as_value(serial, Layer(f"serial({names})", init, forward, backward, output_shape,
+                                   branches, apply, children=layers), given)
 
 
-def residual(*layers: Layer) -> Layer:
+def residual(*layers) -> Layer:
     """Skip connection y = x + f(x) with f = serial(*layers); ∂L/∂x = δ + f'(x)ᵀδ."""
-    _check_layers("residual", layers)
-    body = serial(*layers)
+    body = serial(*_as_layers("residual", layers))
 
     def output_shape(in_shape):
         out = body.output_shape(in_shape)
@@ -248,25 +326,27 @@ def residual(*layers: Layer) -> Layer:
 
     def forward(params, state, x, *, key=None, train=False):
         fx, state, res = body.forward(params, state, x, key=key, train=train)
+        x, fx = promoted(x, fx)
         return x + fx, state, res
 
     def apply(params, state, x, *, key=None, train=False):
         fx, state = body.apply(params, state, x, key=key, train=train)
+        x, fx = promoted(x, fx)
         return x + fx, state
 
     def backward(params, res, dy):
         dparams, dx = body.backward(params, res, dy)
-        return dparams, dx + dy
+        return dparams, dx + dy.astype(dx.dtype)
 
-    return Layer(f"residual({body!r})", init, forward, backward, output_shape,
-                 body.branches, apply)
+    return _as_value(residual, Layer(f"residual({body!r})", init, forward, backward,
+                                     output_shape, body.branches, apply), layers)
 
 
-def parallel(*layers: Layer) -> Layer:
+def parallel(*layers) -> Layer:
     """Fan-out: y = (f_1(x), …, f_n(x)), every child sees the same x; ∂L/∂x = Σ_i f_i'(x)ᵀδ_i."""
     if not layers:
         raise ValueError("parallel: expected at least one layer, received none")
-    _check_layers("parallel", layers)
+    given, layers = layers, _as_layers("parallel", layers)
     count = len(layers)
 
     def init(key, in_shape):
@@ -303,7 +383,22 @@ def parallel(*layers: Layer) -> Layer:
                      for i, layer in enumerate(layers))
 
     names = ", ".join(repr(layer) for layer in layers)
-    return Layer(f"parallel({names})", init, forward, backward, output_shape, branches, apply)
+    return _as_value(parallel, Layer(f"parallel({names})", init, forward, backward, output_shape,
+                                     branches, apply), given)
+
+
+def promoted(*arrays):
+    """`arrays` cast to their common dtype under JAX's standard promotion (float32 with float64
+    → float64, bfloat16 with float32 → float32): what mixing them gives in the default mode,
+    made explicit so that it holds under `jax_numpy_dtype_promotion="strict"` too."""
+    with jax.numpy_dtype_promotion("standard"):
+        dtype = jnp.result_type(*arrays)
+    return tuple(jnp.asarray(a, dtype) for a in arrays)
+
+
+def in_param_dtypes(grads: Mapping, params: Mapping) -> dict:
+    """Each gradient in its parameter's dtype, as `jax.vjp` returns it."""
+    return {name: g.astype(jnp.result_type(params[name])) for name, g in grads.items()}
 
 
 def shape_carrier(x):

@@ -8,9 +8,27 @@ import jax.numpy as jnp
 
 from funcnn import init as initializers
 from funcnn.nn.core import (Layer, along_last_axis, carried_shape, check_entry, check_floating,
-                            check_in_shape, check_last_dim, is_positive_int, shape_carrier)
+                            check_in_shape, check_last_dim, in_param_dtypes, is_positive_int,
+                            promoted, shape_carrier)
+from funcnn.values import value_factory
 
 
+def affine(x, w, b):
+    """z = x·W + b (b along the last axis), in the promoted dtype of x, W and b."""
+    x, w, b = promoted(x, w, b)
+    return x @ w + along_last_axis(b, x.ndim)
+
+
+def affine_backward(params, x, dz):
+    """The backward of z = x·W + b: ({"w": xᵀδ, "b": Σδ} summed over every leading axis, in the
+    parameters' dtypes, and ∂L/∂x = δWᵀ in x's dtype)."""
+    x_c, w, dz = promoted(x, params["w"], dz)
+    x2, dz2 = x_c.reshape(-1, x.shape[-1]), dz.reshape(-1, dz.shape[-1])
+    grads = {"w": x2.T @ dz2, "b": jnp.sum(dz2, axis=0)}
+    return in_param_dtypes(grads, params), (dz @ w.T).astype(x.dtype)
+
+
+@value_factory
 def Dense(out: int, w_init=initializers.lecun_normal, b_init=initializers.zeros) -> Layer:
     """Affine map z = x·W + b on the last axis.
 
@@ -34,17 +52,12 @@ def Dense(out: int, w_init=initializers.lecun_normal, b_init=initializers.zeros)
         w = check_entry("Dense", "params", params, "w", ("in", out))
         check_last_dim("Dense", x, w.shape[0])
         b = check_entry("Dense", "params", params, "b", (out,))
-        return x @ w + along_last_axis(b, x.ndim), state, x
+        return affine(x, w, b), state, x
 
-    def backward(params, x, dz):
-        x2 = x.reshape(-1, x.shape[-1])
-        dz2 = dz.reshape(-1, dz.shape[-1])
-        grads = {"w": x2.T @ dz2, "b": jnp.sum(dz2, axis=0)}
-        return grads, dz @ params["w"].T
-
-    return Layer("Dense", init, forward, backward, output_shape)
+    return Layer("Dense", init, forward, affine_backward, output_shape)
 
 
+@value_factory
 def Flatten() -> Layer:
     """Reshape (batch, d1, d2, …) to (batch, d1·d2·…); backward reshapes δ back."""
 

@@ -5,10 +5,13 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import init as initializers
-from funcnn.nn.core import (Layer, along_last_axis, check_entry, check_in_shape, check_last_dim,
-                            first_max, is_positive_int, route_to_winner)
+from funcnn.nn.core import (Layer, check_entry, check_in_shape, check_last_dim, first_max,
+                            is_positive_int, route_to_winner)
+from funcnn.nn.dense import affine, affine_backward
+from funcnn.values import value_factory
 
 
+@value_factory
 def Maxout(out: int, pieces: int = 2, w_init=initializers.lecun_normal,
            b_init=initializers.zeros) -> Layer:
     """y_j = max_k (x·W_k + b_k)_j: each of `out` units takes the largest of `pieces` affine maps.
@@ -39,7 +42,7 @@ def Maxout(out: int, pieces: int = 2, w_init=initializers.lecun_normal,
         w = check_entry("Maxout", "params", params, "w", ("in", pieces * out))
         check_last_dim("Maxout", x, w.shape[0])
         b = check_entry("Maxout", "params", params, "b", (pieces * out,))
-        z = x @ w + along_last_axis(b, x.ndim)
+        z = affine(x, w, b)
         return z.reshape(z.shape[:-1] + (pieces, out))
 
     def forward(params, state, x, *, key=None, train=False):
@@ -50,8 +53,7 @@ def Maxout(out: int, pieces: int = 2, w_init=initializers.lecun_normal,
     def backward(params, residuals, dy):
         x, winner = residuals
         dz = route_to_winner(dy, winner, pieces, -2).reshape(dy.shape[:-1] + (pieces * out,))
-        x2, dz2 = x.reshape(-1, x.shape[-1]), dz.reshape(-1, pieces * out)
-        return {"w": x2.T @ dz2, "b": jnp.sum(dz2, axis=0)}, dz @ params["w"].T
+        return affine_backward(params, x, dz)
 
     def branches(params, state, x, *, key=None, train=False):
         del state, key, train

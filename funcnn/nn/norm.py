@@ -10,22 +10,27 @@ import jax.numpy as jnp
 
 from funcnn import init as initializers
 from funcnn.nn.core import (Layer, along_last_axis, check_entry, check_in_shape, check_last_dim,
-                            describe_shape)
+                            describe_shape, in_param_dtypes, promoted, shape_carrier)
+from funcnn.values import value_factory
 
 
 class _BatchResiduals(NamedTuple):
     """Training pass: x̂ and 1/√(σ²_B + ε) from the batch statistics (the gradient flows
-    through them)."""
+    through them); x's dtype on a zero-byte `shape_carrier`."""
     xhat: jax.Array
     inv_std: jax.Array
+    x_carrier: jax.Array
 
 
 class _RunningResiduals(NamedTuple):
-    """Evaluation pass: x̂ and 1/√(running var + ε), constants with respect to x."""
+    """Evaluation pass: x̂ and 1/√(running var + ε), constants with respect to x; x's dtype on
+    a zero-byte `shape_carrier`."""
     xhat: jax.Array
     inv_std: jax.Array
+    x_carrier: jax.Array
 
 
+@value_factory
 def BatchNorm(momentum: float = 0.9, eps: float = 1e-5, scale_init=initializers.ones,
               offset_init=initializers.zeros) -> Layer:
     """y = γ ⊙ (x − μ)/√(σ² + ε) + β, one (μ, σ², γ, β) per channel (the last axis).
@@ -39,6 +44,8 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5, scale_init=initializers.
     ∂L/∂x = (1/√(σ²+ε)) · (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)); ∂L/∂γ = Σ δ ⊙ x̂; ∂L/∂β = Σ δ.
     Eval: ∂L/∂x = g/√(σ²+ε). Training needs m ≥ 2 (with one value per channel σ²_B = 0: y = β
     and ∂L/∂x = 0), and raises ValueError otherwise, as PyTorch does.
+    Dtypes: it computes in the promotion of x's, γ's and β's dtypes, the running statistics
+    cast to it; the new running statistics keep their own dtype.
     """
     if not 0 <= momentum <= 1:
         raise ValueError(f"BatchNorm: expected a momentum in [0, 1], received {momentum!r}")
@@ -60,6 +67,8 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5, scale_init=initializers.
         for name in ("mean", "var"):
             check_entry("BatchNorm", "state", state, name, (c,))
         axes = tuple(range(x.ndim - 1))
+        carrier = shape_carrier(x)
+        x, scale, offset = promoted(x, scale, offset)
         if train:
             count = math.prod(x.shape[:-1])
             if count < 2:
@@ -70,8 +79,8 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5, scale_init=initializers.
             mean = jnp.mean(x, axis=axes)
             centred = x - along_last_axis(mean, x.ndim)
             var = jnp.mean(centred * centred, axis=axes)
-            state = {name: (momentum * state[name] + (1 - momentum) * batch)
-                     .astype(state[name].dtype) for name, batch in (("mean", mean), ("var", var))}
+            state = {name: _running_average(momentum, state[name], batch)
+                     for name, batch in (("mean", mean), ("var", var))}
             inv_std = jax.lax.rsqrt(var + eps)
             make = _BatchResiduals
         else:
@@ -80,16 +89,25 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5, scale_init=initializers.
             make = _RunningResiduals
         xhat = centred * along_last_axis(inv_std, x.ndim)
         y = xhat * along_last_axis(scale, x.ndim) + along_last_axis(offset, x.ndim)
-        return y, state, make(xhat, inv_std)
+        return y, state, make(xhat, inv_std, carrier)
 
     def backward(params, residuals, dy):
-        xhat, inv_std = residuals
+        xhat, inv_std, carrier = residuals
         ndim, axes = dy.ndim, tuple(range(dy.ndim - 1))
+        dy = dy.astype(xhat.dtype)
         grads = {"scale": jnp.sum(dy * xhat, axis=axes), "offset": jnp.sum(dy, axis=axes)}
-        g = dy * along_last_axis(params["scale"], ndim)
+        g = dy * along_last_axis(params["scale"].astype(xhat.dtype), ndim)
         if isinstance(residuals, _BatchResiduals):
             g = (g - jnp.mean(g, axis=axes, keepdims=True)
                  - xhat * jnp.mean(g * xhat, axis=axes, keepdims=True))
-        return grads, g * along_last_axis(inv_std, ndim)
+        dx = g * along_last_axis(inv_std, ndim)
+        return in_param_dtypes(grads, params), dx.astype(carrier.dtype)
 
     return Layer("BatchNorm", init, forward, backward)
+
+
+def _running_average(momentum, running, batch):
+    """momentum·running + (1 − momentum)·batch, computed in the wider of the two dtypes and
+    kept in the running statistic's."""
+    wide_running, batch = promoted(running, batch)
+    return (momentum * wide_running + (1 - momentum) * batch).astype(jnp.result_type(running))

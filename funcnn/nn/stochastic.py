@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import init as initializers
-from funcnn.nn.core import (Layer, along_last_axis, check_entry, check_floating, check_in_shape,
-                            check_key, check_last_dim, is_positive_int)
+from funcnn.nn.core import (Layer, check_entry, check_floating, check_in_shape, check_key,
+                            check_last_dim, is_positive_int)
+from funcnn.nn.dense import affine, affine_backward
+from funcnn.values import value_factory
 
 
 def _check_rate(name: str, rate) -> float:
@@ -29,6 +31,7 @@ def _scaled_mask(key, rate: float, shape, dtype):
     return jnp.where(keep, jnp.asarray(1.0 / (1.0 - rate), dtype), jnp.zeros((), dtype))
 
 
+@value_factory
 def Dropout(rate: float) -> Layer:
     """Inverted dropout: y = x ⊙ m/(1 − rate), m ~ Bernoulli(1 − rate), in training; y = x at eval.
 
@@ -59,6 +62,7 @@ def Dropout(rate: float) -> Layer:
     return Layer("Dropout", init, forward, backward)
 
 
+@value_factory
 def DropConnect(out: int, rate: float, w_init=initializers.lecun_normal,
                 b_init=initializers.zeros) -> Layer:
     """Dense layer with randomly dropped weights (Wan et al. 2013): z = x·(W ⊙ M) + b.
@@ -86,16 +90,13 @@ def DropConnect(out: int, rate: float, w_init=initializers.lecun_normal,
         b = check_entry("DropConnect", "params", params, "b", (out,))
         check_key("DropConnect", key, train)
         mask = _scaled_mask(key, rate, w.shape, w.dtype) if train else ()
-        masked = w * mask if train else w
-        return x @ masked + along_last_axis(b, x.ndim), state, (x, mask)
+        return affine(x, w * mask if train else w, b), state, (x, mask)
 
     def backward(params, residuals, dz):
         x, mask = residuals
-        train = not isinstance(mask, tuple)
-        x2, dz2 = x.reshape(-1, x.shape[-1]), dz.reshape(-1, dz.shape[-1])
-        dw = x2.T @ dz2
-        masked = params["w"] * mask if train else params["w"]
-        return ({"w": dw * mask if train else dw, "b": jnp.sum(dz2, axis=0)},
-                dz @ masked.T)
+        if isinstance(mask, tuple):   # evaluation: a plain Dense
+            return affine_backward(params, x, dz)
+        grads, dx = affine_backward({**params, "w": params["w"] * mask}, x, dz)
+        return {**grads, "w": grads["w"] * mask}, dx
 
     return Layer("DropConnect", init, forward, backward, output_shape)

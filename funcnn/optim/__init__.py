@@ -6,13 +6,18 @@
     params = fn.optim.apply_updates(params, updates)
 
 Building blocks live in `funcnn.optim.transforms`, the classic optimizers in
-`funcnn.optim.aliases`, schedules (and `reduce_on_plateau`) in `funcnn.optim.schedules`.
+`funcnn.optim.aliases`, schedules (and `reduce_on_plateau`) in `funcnn.optim.schedules`,
+hyper-parameters held in the state (`inject_hyperparams`, `hyperparams`, `set_hyperparams`) in
+`funcnn.optim.inject`, per-parameter optimizers (`partition`, `frozen`) in
+`funcnn.optim.partition`.
 """
 from funcnn.optim import schedules
 from funcnn.optim.aliases import adagrad, adam, adamw, rmsprop, sgd
 from funcnn.optim.base import (
     EmptyState, GradientTransformation, apply_updates, chain, lift, resolve_mask, weights_only)
-from funcnn.optim.schedules import reduce_on_plateau
+from funcnn.optim.inject import InjectState, hyperparams, inject_hyperparams, set_hyperparams
+from funcnn.optim.partition import PartitionState, frozen, partition
+from funcnn.optim.schedules import PlateauState, reduce_on_plateau
 from funcnn.optim.transforms import (
     AccumulateState, AdagradState, AdamState, CountState, EmaState, RmsState, SkipState,
     TraceState, accumulate_gradients, add_decayed_weights, averaged_params, clip_by_global_norm,

@@ -23,22 +23,30 @@ import jax
 import jax.numpy as jnp
 
 from funcnn.paths import leaf_paths
+from funcnn.values import Configured, value_factory
 
 
 class GradientTransformation(NamedTuple):
     """An optimizer piece: a pair of pure functions.
 
     init(params) -> state;  update(updates, state, params=None, **extra) -> (updates, state).
+    Made by a factory of `fn.optim`, it is a value: `adam(1e-3) == adam(1e-3)`, hash equal.
     """
 
     init: Callable[..., Any]
     update: Callable[..., tuple[Any, Any]]
+
+    def with_config(self, config: tuple) -> GradientTransformation:
+        """The same functions, compared and hashed by `config` (see `funcnn.values`)."""
+        return GradientTransformation(Configured(self.init, config + ("init",)),
+                                      Configured(self.update, config + ("update",)))
 
 
 class EmptyState(NamedTuple):
     """The state of a transform that keeps none."""
 
 
+@value_factory
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Compose transforms left to right: each one's updates are the next one's input.
 
@@ -75,9 +83,18 @@ def _check_shapes(name: str, what: str, tree, like, like_what: str = "parameter"
 
 
 def apply_updates(params, updates):
-    """params + updates, leaf by leaf, each result in its parameter's dtype and shape."""
+    """params + updates, leaf by leaf, each result in its parameter's dtype and shape.
+
+    Mixed precision is on purpose: bfloat16 params + float32 updates are summed in float32 and
+    rounded once (under strict dtype promotion too).
+    """
     _check_shapes("apply_updates", "update", updates, params)
-    return jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
+
+    def add(p, u):
+        with jax.numpy_dtype_promotion("standard"):
+            return (p + u).astype(p.dtype)
+
+    return jax.tree.map(add, params, updates)
 
 
 def lift(leaf_fn: Callable[..., tuple], tree, *rest, outputs: int) -> tuple:

@@ -16,19 +16,20 @@ from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from funcnn.optim.base import GradientTransformation
+from funcnn.values import value_factory
 
 Schedule = Callable[[jax.Array], jax.Array]
 
 
-def _schedule(formula: Schedule) -> Schedule:
-    """A schedule computing `formula(t)` with t as a float of the default precision.
+def _schedule(formula: Callable[..., jax.Array], *integers) -> Schedule:
+    """A schedule computing `formula(t, *integers)`, t and the (possibly traced) integer
+    arguments as floats of the default precision.
 
     (jnp divides int32 counts in float32 even under x64; integer t is exact as a float.)
     """
-    return lambda t: formula(jnp.asarray(t, jnp.result_type(float)))
+    return lambda t: formula(*(jnp.asarray(x, jnp.result_type(float)) for x in (t, *integers)))
 
 
 def _check(name: str, expected: str, value, ok: Callable[[numbers.Number], bool]) -> None:
@@ -38,44 +39,52 @@ def _check(name: str, expected: str, value, ok: Callable[[numbers.Number], bool]
         raise ValueError(f"{name}: expected {expected}, received {value!r}")
 
 
+@value_factory
 def constant(value: float) -> Schedule:
     """α_t = value."""
     return _schedule(lambda t: jnp.full_like(t, value))
 
 
+@value_factory
 def step_decay(init_value: float, factor: float, every: int) -> Schedule:
     """α_t = α₀·factor^⌊t/every⌋ (torch's `StepLR(step_size=every, gamma=factor)`), every > 0."""
     _check("step_decay", "every > 0", every, lambda n: n > 0)
-    return _schedule(lambda t: init_value * factor ** (t // every))
+    return _schedule(lambda t, every: init_value * factor ** (t // every), every)
 
 
+@value_factory
 def multistep(init_value: float, boundaries: Sequence[int], factor: float) -> Schedule:
     """α_t = α₀·factor^(number of boundaries ≤ t) (`MultiStepLR(milestones, gamma=factor)`)."""
-    bounds = np.asarray(boundaries, dtype=float)
-    return _schedule(lambda t: init_value * factor ** jnp.sum(t[..., None] >= bounds, axis=-1))
+    return _schedule(lambda t, bounds: init_value * factor ** jnp.sum(
+        t[..., None] >= bounds, axis=-1, dtype=t.dtype), boundaries)
 
 
+@value_factory
 def exponential(init_value: float, gamma: float) -> Schedule:
     """α_t = α₀·γᵗ (`ExponentialLR(gamma)`); the notes' α₀e^{−kt} is `gamma=exp(-k)`."""
     return _schedule(lambda t: init_value * gamma ** t)
 
 
+@value_factory
 def inverse_time(init_value: float, k: float) -> Schedule:
     """α_t = α₀ / (1 + k·t)."""
     return _schedule(lambda t: init_value / (1 + k * t))
 
 
+@value_factory
 def inverse_power(init_value: float, gamma: float, power: float) -> Schedule:
     """α_t = α₀·(1 + γt)^−p."""
     return _schedule(lambda t: init_value * (1 + gamma * t) ** -power)
 
 
+@value_factory
 def inverse_after(init_value: float, tau: int) -> Schedule:
     """α_t = α₀·τ / max(t, τ): constant for τ > 0 steps, then decaying as 1/t."""
     _check("inverse_after", "tau > 0", tau, lambda n: n > 0)
-    return _schedule(lambda t: init_value * tau / jnp.maximum(t, tau))
+    return _schedule(lambda t, tau: init_value * tau / jnp.maximum(t, tau), tau)
 
 
+@value_factory
 def polynomial(init_value: float, end_value: float, steps: int, power: float = 1.0) -> Schedule:
     """α_t = (α₀ − α_end)·(1 − min(t, T)/T)^p + α_end; holds α_end after T = `steps`.
 
@@ -83,20 +92,22 @@ def polynomial(init_value: float, end_value: float, steps: int, power: float = 1
     """
     _check("polynomial", "steps > 0", steps, lambda n: n > 0)
     return _schedule(
-        lambda t: (init_value - end_value) * (1 - jnp.minimum(t, steps) / steps) ** power
-        + end_value)
+        lambda t, steps: (init_value - end_value) * (1 - jnp.minimum(t, steps) / steps) ** power
+        + end_value, steps)
 
 
+@value_factory
 def cosine(init_value: float, steps: int, end_value: float = 0.0) -> Schedule:
     """α_t = α_end + (α₀ − α_end)·(1 + cos(π·min(t, T)/T))/2; holds α_end after T = `steps`.
 
     Up to T this is `CosineAnnealingLR(T_max=T, eta_min=α_end)`. T > 0.
     """
     _check("cosine", "steps > 0", steps, lambda n: n > 0)
-    return _schedule(lambda t: end_value + (init_value - end_value) * 0.5 * (
-        1 + jnp.cos(jnp.pi * jnp.minimum(t, steps) / steps)))
+    return _schedule(lambda t, steps: end_value + (init_value - end_value) * 0.5 * (
+        1 + jnp.cos(jnp.pi * jnp.minimum(t, steps) / steps)), steps)
 
 
+@value_factory
 def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     """Schedule i runs on [b_{i−1}, b_i), called with the steps since it began: s_i(t − b_{i−1}).
 
@@ -119,6 +130,7 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     return schedule
 
 
+@value_factory
 def warmup(schedule: Schedule, steps: int, init_value: float = 0.0) -> Schedule:
     """Linear ramp from `init_value` to schedule(0) over `steps` updates, then schedule(t − steps).
 
@@ -126,10 +138,12 @@ def warmup(schedule: Schedule, steps: int, init_value: float = 0.0) -> Schedule:
     T ≥ 0 (T = 0: no warmup).
     """
     _check("warmup", "steps >= 0", steps, lambda n: n >= 0)
-    ramp = _schedule(lambda t: init_value + (schedule(jnp.zeros_like(t)) - init_value) * t / steps)
+    ramp = _schedule(lambda t, steps: init_value + (schedule(jnp.zeros_like(t)) - init_value)
+                     * t / steps, steps)
     return join([ramp, schedule], [steps])
 
 
+@value_factory
 def momentum_ramp(steps: int, init_value: float = 0.5, end_value: float = 0.99) -> Schedule:
     """The notes' momentum annealing: μ rises linearly from 0.5 to 0.99 over `steps`, then holds.
 
@@ -147,6 +161,7 @@ class PlateauState(NamedTuple):
     value_count: jax.Array  # how many values are in that window
 
 
+@value_factory
 def reduce_on_plateau(factor: float = 0.5, patience: int = 10, threshold: float = 1e-4,
                       threshold_mode: str = "rel", cooldown: int = 0, min_scale: float = 0.0,
                       accumulation_size: int = 1) -> GradientTransformation:
@@ -206,7 +221,7 @@ def reduce_on_plateau(factor: float = 0.5, patience: int = 10, threshold: float 
         total = state.value_sum + jnp.asarray(value, state.value_sum.dtype)
         count = state.value_count + 1
         full = count == accumulation_size
-        judged = judge(state, total / count)
+        judged = judge(state, total / count.astype(total.dtype))
         keep = (state.scale, state.best, state.bad_steps, state.cooldown)
         scale, best, bad, cool = (jnp.where(full, new, old) for new, old in zip(judged, keep))
         state = PlateauState(scale, best, bad, cool, jnp.where(full, 0, total),

@@ -21,6 +21,7 @@ from funcnn.optim.base import (
     EmptyState, GradientTransformation, all_finite, lift, require_params, resolve_mask,
     weights_only)
 from funcnn.optim.schedules import Schedule
+from funcnn.values import value_factory
 
 ScalarOrSchedule = Union[float, Schedule]
 
@@ -39,12 +40,18 @@ def _cast(x, like):
     return jnp.asarray(x, like.dtype)
 
 
+def _real(count):
+    """An integer count as a float of the default precision (for β^t and t/(t+1))."""
+    return jnp.asarray(count, jnp.result_type(float))
+
+
 class CountState(NamedTuple):
     """The state of a transform whose only memory is how many updates it has made."""
 
     count: jax.Array
 
 
+@value_factory
 def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransformation:
     """Descent step: u = −α_t·g, α a float or schedule; t = 0 for the first update."""
     def init(params):
@@ -64,6 +71,7 @@ class TraceState(NamedTuple):
     trace: Any      # the velocity v, like params
 
 
+@value_factory
 def trace(decay: ScalarOrSchedule, nesterov: bool = False) -> GradientTransformation:
     """Momentum: v ← μ_t·v + g (v₀ = 0); output v, or g + μ_t·v with `nesterov`.
 
@@ -90,12 +98,13 @@ class AdagradState(NamedTuple):
     sum_of_squares: Any   # G, like params
 
 
+@value_factory
 def scale_by_adagrad(eps: float = 1e-10, initial_accumulator_value: float = 0.0
                      ) -> GradientTransformation:
     """Adagrad: G ← G + g², output g / (√G + ε); as `torch.optim.Adagrad` (lr_decay=0)."""
     def leaf(g, acc):
         acc = acc + g * g
-        return g / (jnp.sqrt(acc) + eps), acc
+        return g / (jnp.sqrt(acc) + _cast(eps, acc)), acc
 
     def init(params):
         return AdagradState(jax.tree.map(
@@ -112,14 +121,15 @@ class RmsState(NamedTuple):
     mean_square: Any   # s, like params
 
 
+@value_factory
 def scale_by_rms(decay: float = 0.99, eps: float = 1e-8) -> GradientTransformation:
     """RMSProp: s ← ρ·s + (1−ρ)·g² (s₀ = 0), output g / (√s + ε), ε outside the root.
 
     As `torch.optim.RMSprop(alpha=ρ, eps=ε)`; its `momentum=μ` is this followed by `trace(μ)`.
     """
     def leaf(g, s):
-        s = decay * s + (1 - decay) * g * g
-        return g / (jnp.sqrt(s) + eps), s
+        s = _cast(decay, s) * s + _cast(1 - decay, g) * g * g
+        return g / (jnp.sqrt(s) + _cast(eps, s)), s
 
     def init(params):
         return RmsState(jax.tree.map(jnp.zeros_like, params))
@@ -137,6 +147,7 @@ class AdamState(NamedTuple):
     nu: Any    # second moment v, like params
 
 
+@value_factory
 def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
     """Adam moments: m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², output m̂ / (√v̂ + ε).
 
@@ -144,11 +155,11 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
     `torch.optim.Adam`.
     """
     def leaf(g, m, v, t):
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        m_hat = m / _cast(1 - b1 ** t, g)
-        v_hat = v / _cast(1 - b2 ** t, g)
-        return m_hat / (jnp.sqrt(v_hat) + eps), m, v
+        m = _cast(b1, m) * m + _cast(1 - b1, g) * g
+        v = _cast(b2, v) * v + _cast(1 - b2, g) * g * g
+        m_hat = m / _cast(1 - b1 ** t, m)
+        v_hat = v / _cast(1 - b2 ** t, v)
+        return m_hat / (jnp.sqrt(v_hat) + _cast(eps, v)), m, v
 
     def init(params):
         # Two separate trees: aliased buffers could not both be donated to a jitted update.
@@ -157,13 +168,14 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
 
     def update(updates, state, params=None, **extra):
         t = state.count + 1
-        updates, mu, nu = lift(lambda g, m, v: leaf(g, m, v, t), updates, state.mu, state.nu,
-                               outputs=3)
+        updates, mu, nu = lift(lambda g, m, v: leaf(g, m, v, _real(t)), updates, state.mu,
+                               state.nu, outputs=3)
         return updates, AdamState(t, mu, nu)
 
     return GradientTransformation(init, update)
 
 
+@value_factory
 def add_decayed_weights(weight_decay: ScalarOrSchedule, mask=weights_only
                         ) -> GradientTransformation:
     """Decoupled weight decay: u ← u + λ_t·p on the masked leaves (weights only by default).
@@ -201,6 +213,7 @@ def _projection(name: str, project: Callable, mask) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
+@value_factory
 def l1_shrinkage(strength: ScalarOrSchedule, mask=weights_only) -> GradientTransformation:
     """Proximal L1 step (soft thresholding) on the masked leaves after the update.
 
@@ -215,6 +228,7 @@ def l1_shrinkage(strength: ScalarOrSchedule, mask=weights_only) -> GradientTrans
     return _projection("l1_shrinkage", shrink, mask)
 
 
+@value_factory
 def project_max_norm(max_value: ScalarOrSchedule, mask=weights_only) -> GradientTransformation:
     """Max-norm constraint: each unit's incoming weights are projected onto ‖w‖₂ ≤ c.
 
@@ -230,6 +244,7 @@ def project_max_norm(max_value: ScalarOrSchedule, mask=weights_only) -> Gradient
     return _projection("project_max_norm", project, mask)
 
 
+@value_factory
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """g ← g·min(1, c/‖g‖), ‖g‖ the 2-norm of all leaves together.
 
@@ -241,7 +256,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 
     def update(updates, state, params=None, **extra):
         norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(updates)))
-        factor = max_norm / jnp.maximum(norm, max_norm)
+        factor = _cast(max_norm, norm) / jnp.maximum(norm, _cast(max_norm, norm))
         return jax.tree.map(lambda g: _cast(factor, g) * g, updates), state
 
     return GradientTransformation(init, update)
@@ -252,6 +267,7 @@ class EmaState(NamedTuple):
     average: Any    # the averaged parameters p̄, like params
 
 
+@value_factory
 def ema(decay: ScalarOrSchedule) -> GradientTransformation:
     """Exponential moving average of the parameters: p̄ ← d_t·p̄ + (1−d_t)·(p + u), p̄₀ = p₀.
 
@@ -271,12 +287,19 @@ def ema(decay: ScalarOrSchedule) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
+@value_factory
 def polyak() -> GradientTransformation:
     """Polyak–Ruppert averaging: p̄_t = (p₁ + … + p_t)/t, the mean of the iterates so far.
 
     That is `ema` with d_t = t/(t+1); read the average with `averaged_params(state)`.
     """
-    return ema(lambda t: t / (t + 1.0))
+    return ema(_polyak_decay)
+
+
+def _polyak_decay(t):
+    """d_t = t/(t+1)."""
+    t = _real(t)
+    return t / (t + 1)
 
 
 def averaged_params(state):
@@ -295,6 +318,7 @@ class AccumulateState(NamedTuple):
     inner: Any             # the wrapped transform's state
 
 
+@value_factory
 def accumulate_gradients(transform: GradientTransformation, every: int) -> GradientTransformation:
     """Gradient accumulation: apply `transform` to the mean gradient of every `every` calls.
 
@@ -311,7 +335,7 @@ def accumulate_gradients(transform: GradientTransformation, every: int) -> Gradi
                                transform.init(params))
 
     def update(updates, state, params=None, **extra):
-        grad_sum = jax.tree.map(jnp.add, state.grad_sum, updates)
+        grad_sum = jax.tree.map(lambda s, g: s + g.astype(s.dtype), state.grad_sum, updates)
 
         def step(_):
             mean = jax.tree.map(lambda s: s / every, grad_sum)
@@ -336,6 +360,7 @@ class SkipState(NamedTuple):
     inner: Any           # the wrapped transform's state
 
 
+@value_factory
 def skip_not_finite(transform: GradientTransformation) -> GradientTransformation:
     """Apply `transform`, unless the gradients or its updates hold a NaN or ±inf.
 

@@ -1,0 +1,185 @@
+"""The epoch program: one compiled, guarded loop of steps over shuffled batches.
+
+    epoch = jax.jit(make_epoch(step, batch_size))
+    carry, metrics = epoch(start(params, state, opt_state), images, labels, epoch_key, order)
+
+Every step is guarded inside the loop: a step whose loss, new parameters, optimizer state or
+layer state is not finite — or whose loss exceeds `divergence` × (|the run's first loss| + 1) —
+is not applied, and the loop ends there. The carry then holds the last good values and
+`bad_step` the failed step's index: no host check, no replay, no second compilation. Data too
+large for the device goes through the same program in chunks (`first` numbers their steps).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcnn.optim.base import all_finite
+from funcnn.paths import leaf_paths
+from funcnn.train.step import update_ratios
+
+DIVERGENCE = 1e6   # default explosion bound: loss > 1e6·(|first loss| + 1) is divergence
+CHECK_EVERY = 32   # the parameters and states are checked in full every 32 steps
+
+
+class EpochCarry(NamedTuple):
+    """What an epoch carries from step to step."""
+
+    params: Any
+    state: Any
+    opt_state: Any
+    bad_step: jax.Array    # index of the step that diverged (not applied), −1 if none
+    reference: jax.Array   # the run's first-step loss (+inf until a step ran): the explosion scale
+
+
+def start(params, state, opt_state, reference=float("inf")) -> EpochCarry:
+    """An EpochCarry before any step of the epoch (new buffers: the epoch may donate them)."""
+    return EpochCarry(params, state, opt_state, jnp.array(-1, jnp.int32),
+                      jnp.array(reference, jnp.float32))
+
+
+def epoch_order(epoch_key, n: int, batch_size: int) -> np.ndarray:
+    """The (n // batch_size, batch_size) example indices of `fit`'s epoch `epoch_key`: a uniform
+    shuffle (numpy's permutation, seeded by the key's bits), the last n mod batch_size dropped.
+
+    Shuffling 60 000 indices this way takes about 1 ms; `jax.random.permutation`'s sorts take
+    about 35 ms on a 2-core CPU, a fifth of an epoch of a small MLP.
+    """
+    seed = np.asarray(jax.random.key_data(jax.random.fold_in(epoch_key, 0))).ravel()
+    order = np.random.default_rng([int(word) for word in seed]).permutation(n)
+    steps = n // batch_size
+    return order[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
+def _device_order(epoch_key, n: int, batch_size: int):
+    steps = n // batch_size
+    return jax.random.permutation(jax.random.fold_in(epoch_key, 0), n)[: steps * batch_size] \
+        .reshape(steps, batch_size)
+
+
+def _ratio_row(params, before):
+    """‖θ − θ_before‖ / ‖θ_before‖ of every leaf, stacked in leaf order (one buffer, not one per
+    leaf)."""
+    updates = jax.tree.map(jnp.subtract, params, before)
+    return jnp.stack([v.astype(jnp.float32) for v in update_ratios(before, updates).values()])
+
+
+def _exploded(loss, reference, divergence):
+    """|loss| > divergence·(|reference| + 1): a finite loss that has run away."""
+    if divergence is None:
+        return jnp.array(False)
+    scale = jnp.where(jnp.isinf(reference), jnp.abs(loss), jnp.abs(reference)) + 1
+    return jnp.abs(loss) > jnp.asarray(divergence, scale.dtype) * scale
+
+
+def _state_finite(new, old):
+    """Whether an optimizer state is finite: every array leaf, and every scalar leaf that was
+    finite before the step (a scalar may hold ±inf as a sentinel, e.g. reduce_on_plateau's best
+    value before its first judgement; it counts when it turns non-finite)."""
+    arrays = [leaf for leaf in jax.tree.leaves(new) if jnp.ndim(leaf) > 0]
+    scalars = [jnp.isfinite(n) | ~jnp.isfinite(o) for n, o in zip(jax.tree.leaves(new),
+                                                                jax.tree.leaves(old))
+               if jnp.ndim(n) == 0 and jnp.issubdtype(jnp.result_type(n), jnp.inexact)]
+    return all_finite(arrays) & jnp.all(jnp.stack(scalars)) if scalars else all_finite(arrays)
+
+
+def _sound(new: EpochCarry, old: EpochCarry):
+    """The full check of a stretch of steps: parameters and layer state finite, the optimizer
+    state finite by `_state_finite`'s rule."""
+    return all_finite(new.params, new.state) & _state_finite(new.opt_state, old.opt_state)
+
+
+def make_epoch(step, batch_size: int, augment: Callable | None = None, *,
+               divergence: float | None = DIVERGENCE, check_every: int = CHECK_EVERY,
+               ratio_every: int | None = None):
+    """A pure `epoch(carry, images, labels, epoch_key, order=None, first=0) -> (carry, metrics)`.
+
+    One loop over the batches `order` (a (steps, batch_size) int array of example indices,
+    `epoch_order`; by default `jax.random.permutation`'s, so the epoch traces end to end), each
+    gathered on the device and (with `augment(key, x) -> x`) augmented. Step i uses the key
+    fold_in(epoch_key, first + i): fold_in(·, 0) for the step, fold_in(·, 1) for augmentation.
+
+    Guarded: the first step whose loss is not finite or exceeds `divergence` × (|first loss| +
+    1) (`None`: no bound), or that leaves a parameter or state non-finite, is not applied; the
+    loop stops with the values before it and `carry.bad_step = first + i`. The loss is checked
+    at every step (a scalar: free); the parameters and states every `check_every` steps, against
+    a copy taken at the start of the stretch. A stretch that fails is run again from that copy
+    one step at a time, each step checked in full, up to the failing step: the same compiled
+    step, no host round trip. `metrics` has one row per step of `step`'s metrics; rows of steps
+    not applied are NaN, the failed step's row is what it computed. With `ratio_every = k`
+    (stretches of k steps), "update_ratio" holds (steps, leaves) rows ‖Δθ‖/‖θ‖ of every k-th
+    step, NaN between. Jit it, or vmap it over carries and keys.
+    """
+    stretch = check_every if ratio_every is None else ratio_every
+
+    def epoch(carry: EpochCarry, images, labels, epoch_key, order=None, first=0):
+        if order is None:
+            order = _device_order(epoch_key, images.shape[0], batch_size)
+        steps = order.shape[0]
+        first = jnp.asarray(first, jnp.int32)
+
+        def body(carry: EpochCarry, i, before):
+            """Step i from `carry`; its metrics row; whether its loss fails the check."""
+            x, y = images[order[i]], labels[order[i]]
+            key = jax.random.fold_in(epoch_key, first + i)
+            if augment is not None:
+                x = augment(jax.random.fold_in(key, 1), x)
+            params, state, opt_state, metrics = step(carry.params, carry.state, carry.opt_state,
+                                                     x, y, jax.random.fold_in(key, 0))
+            if ratio_every is not None:
+                metrics = {**metrics, "update_ratio": jax.lax.cond(
+                    i % ratio_every == 0, lambda: _ratio_row(params, before),
+                    lambda: jnp.full((len(jax.tree.leaves(params)),), jnp.nan, jnp.float32))}
+            loss = metrics["loss"]
+            failed = ~jnp.isfinite(loss) | _exploded(loss, carry.reference, divergence)
+            reference = jnp.where(jnp.isinf(carry.reference), loss, carry.reference)
+            return carry._replace(params=params, state=state, opt_state=opt_state,
+                                  reference=reference.astype(jnp.float32)), metrics, failed
+
+        row = jax.eval_shape(lambda c: body(c, 0, c.params)[1], carry)
+        rows = jax.tree.map(lambda r: jnp.full((steps, *r.shape), jnp.nan, r.dtype), row)
+
+        def run_stretch(loop):
+            """Steps i … end − 1 (a whole stretch, or one step when replaying), then the full
+            check: keep their values, or go back to the stretch's start."""
+            i, replay_until, carry, rows = loop
+            replaying = i < replay_until
+            end = jnp.minimum(jnp.where(replaying, i + 1, (i // stretch + 1) * stretch), steps)
+
+            def next_step(inner):
+                j, current, rows, _ = inner
+                current, step_row, failed = body(current, j, carry.params)
+                rows = jax.tree.map(lambda rs, r: rs.at[j].set(r), rows, step_row)
+                return j + 1, current, rows, failed
+
+            _, after, rows, failed = jax.lax.while_loop(
+                lambda inner: (inner[0] < end) & ~inner[3], next_step,
+                (i, carry, rows, jnp.array(False)))
+            ok = ~failed & _sound(after, carry)
+            kept = jax.tree.map(lambda a, b: jnp.where(ok, a, b), after, carry)
+            bad_step = jnp.where(ok | ~replaying, -1, first + i)
+            return (jnp.where(ok, end, i), jnp.where(ok | replaying, replay_until, end),
+                    kept._replace(bad_step=bad_step.astype(jnp.int32)), rows)
+
+        _, _, carry, rows = jax.lax.while_loop(
+            lambda loop: (loop[0] < steps) & (loop[2].bad_step < 0), run_stretch,
+            (jnp.int32(0), jnp.int32(0), carry, rows))
+        applied = jnp.where(carry.bad_step < 0, steps, carry.bad_step - first)
+        unapplied = jnp.arange(steps) > applied   # the failed step's own row stays
+        rows = jax.tree.map(lambda r: jnp.where(
+            unapplied.reshape((steps,) + (1,) * (r.ndim - 1)), jnp.nan, r), rows)
+        return carry, rows
+
+    return epoch
+
+
+def ratio_columns(metrics, params) -> dict:
+    """The epoch's (steps, leaves) "update_ratio" rows as {leaf path: (steps,)} columns."""
+    if "update_ratio" not in metrics:
+        return metrics
+    rows = metrics["update_ratio"]
+    return {**metrics, "update_ratio": {name: rows[:, k]
+                                        for k, name in enumerate(leaf_paths(params))}}

@@ -1,0 +1,333 @@
+"""`fit`: a short loop over epochs — run the compiled epoch, log, let the callbacks steer.
+
+Each epoch is one call of the guarded epoch program (`make_epoch`), compiled once per
+configuration and kept in `fn.train`'s one cache. Everything a run needs to continue — trees,
+history, key, the explosion guard's scale, every callback's memory — is one checkpointable
+snapshot, so `resume=True` continues a run bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcnn import checkpoint, parallel
+from funcnn.train import callbacks as cbs
+from funcnn.train.cache import compiled
+from funcnn.train.epoch import DIVERGENCE, EpochCarry, epoch_order, make_epoch, ratio_columns, start
+from funcnn.train.evaluate import check_count, check_labels, check_pair, evaluate_checked
+from funcnn.train.step import make_step
+
+
+class FitResult(NamedTuple):
+    """What `fit` returns: the trained pytrees, the per-epoch history and the epochs run."""
+
+    params: Any
+    state: Any
+    opt_state: Any
+    history: dict
+    epoch: int
+
+
+class TrainingDiverged(FloatingPointError):
+    """A step whose loss, parameters or states were not finite, or whose loss exploded.
+
+    `.result` holds the last good FitResult; `.report` (computed on first access) is
+    `fn.diagnostics.find_nonfinite`'s report of the failed step, or None when the cause was an
+    exploding but finite loss.
+    """
+
+    def __init__(self, message: str, result: FitResult, diagnose: Callable[[], Any] | None = None):
+        super().__init__(message)
+        self.result = result
+        self._diagnose, self._report = diagnose, None
+
+    @property
+    def report(self):
+        if self._diagnose is not None:
+            self._report, self._diagnose = self._diagnose(), None
+        return self._report
+
+
+class _Config(NamedTuple):
+    """Everything the compiled epoch depends on: its key in the cache of programs."""
+
+    model: Any
+    loss: Any
+    optimizer: Any
+    regularizer: Any
+    hand_written: bool
+    compute_dtype: Any
+    batch_size: int
+    augment: Any
+    mesh: Any
+    divergence: float | None
+    ratio_every: int | None
+
+
+def _init_program(model):
+    return jax.jit(model.init, static_argnums=1)
+
+
+def _epoch_program(config: _Config):
+    step = make_step(config.model, config.loss, config.optimizer, regularizer=config.regularizer,
+                     hand_written=config.hand_written, compute_dtype=config.compute_dtype)
+    if config.mesh is not None:
+        step = parallel.data_parallel(step, config.mesh)
+    return jax.jit(make_epoch(step, config.batch_size, config.augment,
+                              divergence=config.divergence, ratio_every=config.ratio_every))
+
+
+class _Data(NamedTuple):
+    """The training data where the epochs read it: on the device, or on the host (streaming,
+    in chunks of `chunk` batches)."""
+
+    images: Any
+    labels: Any
+    place: Callable
+    chunk: int | None
+
+    def run(self, program, carry: EpochCarry, epoch_key, batch_size: int):
+        """One epoch: (carry, metrics as numpy rows)."""
+        order = epoch_order(epoch_key, len(self.images), batch_size)
+        if self.chunk is None:
+            carry, metrics = program(self.place(carry), self.images, self.labels, epoch_key,
+                                     self.place(jnp.asarray(order)))
+            return carry, jax.tree.map(np.asarray, metrics)
+        parts = []
+        for first in range(0, len(order), self.chunk):
+            rows = order[first:first + self.chunk]
+            local = np.arange(rows.size, dtype=np.int32).reshape(rows.shape)
+            carry, metrics = program(carry, jnp.asarray(self.images[rows.ravel()]),
+                                     jnp.asarray(self.labels[rows.ravel()]), epoch_key,
+                                     jnp.asarray(local), first)
+            parts.append(jax.tree.map(np.asarray, metrics))
+            if int(carry.bad_step) >= 0:   # the remaining chunks do not run: NaN rows
+                skipped = len(order) - first - len(rows)
+                parts.append(jax.tree.map(lambda m: np.full((skipped, *m.shape[1:]), np.nan,
+                                                            m.dtype), parts[-1]))
+                break
+        return carry, jax.tree.map(lambda *m: np.concatenate(m), *parts)
+
+
+def _prepare(x, y, batch_size: int, max_device_bytes: int, mesh) -> _Data:
+    place = (lambda tree: tree) if mesh is None else (lambda tree: parallel.replicate(tree, mesh))
+    if mesh is not None:
+        parallel.check_batch_size(batch_size, mesh)
+    nbytes = sum(a.nbytes if hasattr(a, "nbytes") else np.asarray(a).nbytes for a in (x, y))
+    if nbytes <= max_device_bytes:
+        return _Data(place(jnp.asarray(x)), place(jnp.asarray(y)), place, None)
+    batch_bytes = max(nbytes * batch_size // len(x), 1)
+    return _Data(np.asarray(x), np.asarray(y), place, max(max_device_bytes // batch_bytes, 1))
+
+
+def _epoch_logs(metrics, bad_step: int, params) -> dict:
+    """Each per-step metric's mean over the steps applied (finite rows), update ratios by leaf."""
+    if bad_step >= 0:
+        metrics = jax.tree.map(lambda m: m[:bad_step], metrics)
+    metrics = ratio_columns(metrics, params)
+
+    def mean(values):
+        values = np.asarray(values, np.float64)
+        values = values[np.isfinite(values)]
+        return float(values.mean()) if values.size else float("nan")
+
+    return {name: ({k: mean(v) for k, v in value.items()} if isinstance(value, dict)
+                   else mean(value)) for name, value in metrics.items()}
+
+
+def _assemble(callbacks, early_stopping, progress, checkpoint_path, checkpoint_every) -> tuple:
+    """The run's callbacks: the user's, then the ones `fit`'s arguments ask for, the
+    checkpointing ones last (they save what the others decided)."""
+    found = [cbs.as_callback(c) for c in callbacks]
+    if early_stopping is not None:
+        found.append(early_stopping)
+    if progress and not any(isinstance(c, cbs.ProgressBar) for c in found):
+        found.append(cbs.ProgressBar())
+    if checkpoint_path is not None:
+        found.append(cbs.Checkpoint(checkpoint_path, checkpoint_every))
+    return tuple(sorted(found, key=lambda c: isinstance(c, cbs.Checkpoint)))
+
+
+def _memory_keys(callbacks) -> list[str]:
+    """Each callback's name in a checkpoint: its type and its rank among callbacks of that type
+    ("ReduceLROnPlateau:0"), so a resumed run may add or drop stateless callbacks."""
+    names = [type(c).__name__ for c in callbacks]
+    return [f"{name}:{names[:i].count(name)}" for i, name in enumerate(names)]
+
+
+def _snapshot(result: FitResult, callbacks, memories, key, reference: float,
+              stopped: bool) -> dict:
+    return {"params": result.params, "state": result.state, "opt_state": result.opt_state,
+            "epoch": result.epoch, "key": key, "history": json.dumps(result.history),
+            "reference": reference, "stopped": stopped,
+            "callbacks": dict(zip(_memory_keys(callbacks), memories))}
+
+
+def _resume(path, fresh: FitResult, callbacks, memories, key):
+    """(result, memories, reference, stopped) of the run checkpointed at `path`; a callback
+    without a stored memory starts afresh."""
+    stored_names = set(checkpoint.load(path).get("callbacks", {}))
+    like = _snapshot(fresh, callbacks, memories, key, 0.0, False)
+    like["callbacks"] = {k: m for k, m in like["callbacks"].items() if k in stored_names}
+    stored = checkpoint.load(path, like={**like, "history": ""})
+    if not np.array_equal(jax.random.key_data(stored["key"]), jax.random.key_data(key)):
+        raise ValueError(f"fit: the checkpoint {path} was written by a run with another key; "
+                         f"pass the same key to resume it")
+    result = FitResult(stored["params"], stored["state"], stored["opt_state"],
+                       json.loads(stored["history"]), stored["epoch"])
+    restored = [stored["callbacks"][name] if name in stored_names else memory
+                for name, memory in zip(_memory_keys(callbacks), memories)]
+    return result, tuple(restored), stored["reference"], stored["stopped"]
+
+
+def _apply(result: FitResult, changes: cbs.Changes | None) -> FitResult:
+    if changes is None:
+        return result
+    replaced = {name: getattr(changes, name) for name in ("params", "state", "opt_state", "epoch")
+                if getattr(changes, name) is not None}
+    return result._replace(**replaced)
+
+
+def _check_arguments(x, y, epochs, batch_size, validation, model):
+    if len(x) != len(y):
+        raise ValueError(f"fit: expected as many targets as inputs, received {len(x)} inputs and "
+                         f"{len(y)} targets")
+    if len(x) == 0:
+        raise ValueError("fit: expected at least one training example, received none")
+    check_count("fit", "epochs", epochs)
+    check_count("fit", "batch_size", batch_size, (len(x), "the training examples"))
+    check_labels("fit", model, x, y)
+    if validation is None:
+        return None
+    validation = check_pair("fit", validation, "validation ")
+    check_labels("fit (validation)", model, *validation)
+    return validation
+
+
+def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int, key,
+        validation: Sequence | None = None, params=None, state=None, opt_state=None,
+        regularizer=None, hand_written: bool = False, augment: Callable | None = None,
+        callbacks: Sequence = (), early_stopping: cbs.EarlyStopping | None = None,
+        progress: bool = True, checkpoint_path=None, checkpoint_every: int = 1,
+        resume: bool = False, max_device_bytes: int = 2**31, mesh=None,
+        compute_dtype=None, divergence: float | None = DIVERGENCE) -> FitResult:
+    """Train `model` on `train = (x, y)` for `epochs` epochs of shuffled mini-batches.
+
+    Parameters are initialised from `key` unless given. Epoch e's shuffle, dropout masks and
+    augmentation (`augment(key, x) -> x`, per batch) derive from fold_in(key, e), so a run is
+    reproducible. After each epoch the `callbacks` (`fn.train.callbacks`, or functions
+    `(epoch, logs, result) -> bool`) see the logs and may stop, change hyper-parameters or
+    restore parameters; `early_stopping`, `progress` and `checkpoint_path` (with
+    `checkpoint_every`) add EarlyStopping, ProgressBar and Checkpoint. `resume=True`
+    continues the run checkpointed there bit for bit, callbacks' memory included.
+
+    A step that is not finite, or whose loss exceeds `divergence` × (|first loss| + 1) (None:
+    no bound), stops training with `TrainingDiverged`, whose `.result` holds the last good
+    values. `history`: per-epoch "loss", "accuracy", "penalty", "val_loss", "val_accuracy",
+    "learning_rate" (of the epoch's last step; {group: rate} with `fn.optim.partition`),
+    "update_ratio" (leaf → mean ‖Δθ‖/‖θ‖ of every 8th step; see `UpdateRatio`) and
+    "epoch_time". A device `mesh` splits every batch across its devices
+    (`funcnn.parallel`); `compute_dtype` (e.g. `jnp.bfloat16`) is mixed precision as in
+    `make_step`; data over `max_device_bytes` streams from the host in chunks.
+    """
+    x, y = train
+    validation = _check_arguments(x, y, epochs, batch_size, validation, model)
+    check_count("fit", "checkpoint_every", checkpoint_every)
+    callbacks = _assemble(callbacks, early_stopping, progress, checkpoint_path, checkpoint_every)
+    if validation is None and any(getattr(c, "monitor", "").startswith("val_") for c in callbacks):
+        raise ValueError("fit: a callback monitors a validation metric (val_…), which needs "
+                         "validation=(x, y)")
+    init_key, train_key = jax.random.split(key)
+    if params is None or state is None:   # given params without state: the layers' fresh state
+        fresh_params, fresh_state = compiled(_init_program, model)(init_key, tuple(np.shape(x)[1:]))
+        params = fresh_params if params is None else params
+        state = fresh_state if state is None else state
+    opt_state = optimizer.init(params) if opt_state is None else opt_state
+    result = FitResult(params, state, opt_state, {}, 0)
+    memories, reference, stopped = tuple(c.init(result) for c in callbacks), float("inf"), False
+    resume_from = checkpoint_path or next((c.path for c in callbacks
+                                           if isinstance(c, cbs.Checkpoint)), None)
+    if resume and resume_from is not None and Path(resume_from).exists():
+        result, memories, reference, stopped = _resume(resume_from, result, callbacks,
+                                                        memories, key)
+
+    ratio_every = next((c.every for c in callbacks if isinstance(c, cbs.UpdateRatio)), 8)
+    program = compiled(_epoch_program, _Config(model, loss, optimizer, regularizer, hand_written,
+                                               compute_dtype, batch_size, augment, mesh,
+                                               divergence, ratio_every))
+    data = _prepare(x, y, batch_size, max_device_bytes, mesh)
+    info = lambda logs, stopping=False: cbs.EpochInfo(
+        result.epoch, epochs, logs, result, stopping,
+        lambda: _snapshot(result, callbacks, memories, key, reference, stopping))
+    for callback, memory in zip(callbacks, memories):
+        callback.on_train_begin(memory, info({}))
+
+    for epoch in range(result.epoch + 1, epochs + 1 if not stopped else 0):
+        begin, epoch_key = time.perf_counter(), jax.random.fold_in(train_key, epoch)
+        carry, metrics = data.run(program, start(result.params, result.state, result.opt_state,
+                                                 reference), epoch_key, batch_size)
+        reference, bad_step = float(carry.reference), int(carry.bad_step)
+        logs = _epoch_logs(metrics, bad_step, carry.params)
+        if validation is not None and bad_step < 0:
+            logs.update({f"val_{k}": v for k, v in evaluate_checked(
+                model, loss, carry.params, carry.state, *validation).items()})
+        rates = cbs.learning_rates(carry.opt_state)
+        logs.update({} if rates is None else {"learning_rate": rates})
+        logs["epoch_time"] = time.perf_counter() - begin
+        history = {k: list(v) for k, v in result.history.items()}
+        for name, value in logs.items():
+            history.setdefault(name, []).append(value)
+        result = FitResult(carry.params, carry.state, carry.opt_state, history, epoch)
+        if bad_step >= 0:
+            raise _diverged(model, loss, optimizer, data, result, epoch_key, batch_size,
+                            metrics["loss"][bad_step], bad_step, reference, divergence)
+        logs["samples_per_second"] = len(metrics["loss"]) * batch_size / logs["epoch_time"]
+        memories = list(memories)
+        for i, callback in enumerate(callbacks):
+            memories[i], changes = callback.on_epoch_end(memories[i], info(logs, stopped))
+            result, stopped = _apply(result, changes), stopped or bool(changes and changes.stop)
+        if stopped:
+            break
+    for callback, memory in zip(callbacks, memories):
+        result = _apply(result, callback.on_train_end(memory, info({})))
+    return result
+
+
+def _diverged(model, loss, optimizer, data: _Data, result: FitResult, epoch_key, batch_size,
+              bad_loss, bad_step, reference, divergence) -> TrainingDiverged:
+    """The error for step `bad_step` of epoch `result.epoch`, with what is known of its cause."""
+    rows = epoch_order(epoch_key, len(data.images), batch_size)[bad_step]
+    x, y = (np.asarray(a)[rows] for a in (data.images, data.labels))   # no gather to compile
+    steps = len(data.images) // batch_size
+    where = f"fit: at epoch {result.epoch}, step {bad_step + 1} of {steps}"
+    if divergence is not None and np.isfinite(bad_loss) and \
+            abs(bad_loss) > divergence * ((abs(reference) if not np.isinf(reference) else
+                                          abs(bad_loss)) + 1):
+        return TrainingDiverged(
+            f"{where} the loss exploded to {float(bad_loss):.3g}, past divergence={divergence:g} "
+            f"× (|first loss {reference:.3g}| + 1); training stopped and the last good parameters "
+            f"(before that step) are in .result (lower the learning rate, or pass "
+            f"divergence=None to allow it)", result)
+    bad_rows = [int(r) for r, example in zip(rows, x.reshape(len(rows), -1))
+                if np.issubdtype(example.dtype, np.inexact) and not np.isfinite(example).all()]
+    cause = "" if not bad_rows else (f"; the inputs x[{bad_rows[0]}]" + (
+        f" and {len(bad_rows) - 1} more of that batch" if len(bad_rows) > 1 else "") +
+        " are not finite: clean the data")
+    step_key = jax.random.fold_in(jax.random.fold_in(epoch_key, bad_step), 0)
+
+    def diagnose():
+        from funcnn import diagnostics   # diagnostics builds on fn.train: imported when asked
+        return diagnostics.find_nonfinite(model, loss, result.params, result.state, x, y,
+                                          key=step_key, optimizer=optimizer,
+                                          opt_state=result.opt_state)
+
+    return TrainingDiverged(
+        f"{where} non-finite loss, gradient, parameter or state{cause}; training stopped and the "
+        f"last finite parameters (before that step) are in .result (.report says which layer)",
+        result, diagnose)
