@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import math
+import time
 
 import chex
 import jax
@@ -336,3 +337,58 @@ def test_early_stopping_never_picks_a_nan_epoch(spiral):
         memory, changes = stopper.on_epoch_end(
             memory, _info(epoch, {"val_loss": value}, fn.train.FitResult({}, {}, {}, {}, epoch)))
     assert memory["epoch"] == 2 and memory["best"] == 0.5 and changes.stop
+
+
+# ---------------------------------------------------------------------------------------------
+# Interruptions: the last completed epoch survives, in the checkpoint and on the exception.
+
+
+def test_a_failing_callback_keeps_the_last_completed_epoch(spiral, tmp_path):
+    train, _ = spiral
+    path = tmp_path / "run.ckpt"
+
+    def explode(epoch, logs, result):
+        if epoch == 3:
+            raise RuntimeError("callback bug")
+
+    with pytest.raises(RuntimeError, match="callback bug") as error:
+        _fit(train, epochs=6, callbacks=[explode], checkpoint_path=path)
+    assert error.value.result.epoch == 3
+    chex.assert_trees_all_equal(error.value.result.params, _fit(train, epochs=3).params)
+    assert fn.checkpoint.load(path)["epoch"] == 2   # written after epoch 2, never half-written
+
+
+CHILD = """
+import sys, jax, numpy as np, funcnn as fn
+x, y = fn.data.spiral(jax.random.key(0), points_per_class=2000, classes=3)
+model = fn.nn.serial(fn.nn.Dense(256), fn.nn.Relu(), fn.nn.Dense(256), fn.nn.Relu(), fn.nn.Dense(3))
+class Announce(fn.train.Callback):
+    def on_epoch_end(self, memory, info):
+        print("epoch", info.epoch, flush=True)
+        return memory, None
+try:
+    fn.train.fit(model, fn.losses.softmax_cross_entropy, fn.optim.sgd(0.01), (x, y), epochs=10000,
+                 batch_size=8, key=jax.random.key(0), progress=False, callbacks=[Announce()],
+                 checkpoint_path=sys.argv[1])
+except KeyboardInterrupt as error:
+    print("interrupted after", error.result.epoch, flush=True)
+"""
+
+
+def test_ctrl_c_mid_epoch_leaves_a_loadable_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    path = tmp_path / "run.ckpt"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
+                             text=True)
+    assert child.stdout.readline().split() == ["epoch", "1"]
+    for _ in range(600):   # the Checkpoint callback runs after the others: wait for its file
+        if path.exists():
+            break
+        time.sleep(0.1)
+    child.send_signal(signal.SIGINT)   # during epoch 2 (or later)
+    out, _ = child.communicate(timeout=120)
+    last = int(out.strip().splitlines()[-1].split()[-1])
+    assert out.strip().splitlines()[-1].startswith("interrupted after") and last >= 1
+    assert fn.checkpoint.load(path)["epoch"] == last

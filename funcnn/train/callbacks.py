@@ -26,6 +26,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from funcnn import checkpoint, optim
+from funcnn.train.epoch import CHECK_EVERY
 
 
 class EpochInfo(NamedTuple):
@@ -327,10 +328,11 @@ class JSONLLogger(Callback):
 @dataclasses.dataclass(frozen=True)
 class UpdateRatio(Callback):
     """Log "update_ratio": per leaf, the mean ‖Δθ‖/‖θ‖ of every `every`-th step (the notes'
-    ~1e-3 health check). `fit` samples every 8th step by default; `every=None` turns the
-    measurement off (the epoch program then has no trace of it)."""
+    ~1e-3 health check). `fit` samples every 32nd step by default (the steps at which the epoch
+    program checks the parameters in full anyway); `every=None` turns the measurement off (the
+    epoch program then has no trace of it)."""
 
-    every: int | None = 8
+    every: int | None = CHECK_EVERY
 
     def __post_init__(self):
         if self.every is not None:

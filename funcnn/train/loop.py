@@ -231,7 +231,7 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     no bound), stops training with `TrainingDiverged`, whose `.result` holds the last good
     values. `history`: per-epoch "loss", "accuracy", "penalty", "val_loss", "val_accuracy",
     "learning_rate" (of the epoch's last step; {group: rate} with `fn.optim.partition`),
-    "update_ratio" (leaf → mean ‖Δθ‖/‖θ‖ of every 8th step; see `UpdateRatio`) and
+    "update_ratio" (leaf → mean ‖Δθ‖/‖θ‖ of every 32nd step; see `UpdateRatio`) and
     "epoch_time". A device `mesh` splits every batch across its devices
     (`funcnn.parallel`); `compute_dtype` (e.g. `jnp.bfloat16`) is mixed precision as in
     `make_step`; data over `max_device_bytes` streams from the host in chunks.
@@ -257,7 +257,8 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         result, memories, reference, stopped = _resume(resume_from, result, callbacks,
                                                         memories, key)
 
-    ratio_every = next((c.every for c in callbacks if isinstance(c, cbs.UpdateRatio)), 8)
+    ratio_every = next((c.every for c in callbacks if isinstance(c, cbs.UpdateRatio)),
+                       cbs.UpdateRatio().every)
     program = compiled(_epoch_program, _Config(model, loss, optimizer, regularizer, hand_written,
                                                compute_dtype, batch_size, augment, mesh,
                                                divergence, ratio_every))
@@ -268,35 +269,50 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     for callback, memory in zip(callbacks, memories):
         callback.on_train_begin(memory, info({}))
 
-    for epoch in range(result.epoch + 1, epochs + 1 if not stopped else 0):
-        begin, epoch_key = time.perf_counter(), jax.random.fold_in(train_key, epoch)
-        carry, metrics = data.run(program, start(result.params, result.state, result.opt_state,
-                                                 reference), epoch_key, batch_size)
-        reference, bad_step = float(carry.reference), int(carry.bad_step)
-        logs = _epoch_logs(metrics, bad_step, carry.params)
-        if validation is not None and bad_step < 0:
-            logs.update({f"val_{k}": v for k, v in evaluate_checked(
-                model, loss, carry.params, carry.state, *validation).items()})
-        rates = cbs.learning_rates(carry.opt_state)
-        logs.update({} if rates is None else {"learning_rate": rates})
-        logs["epoch_time"] = time.perf_counter() - begin
-        history = {k: list(v) for k, v in result.history.items()}
-        for name, value in logs.items():
-            history.setdefault(name, []).append(value)
-        result = FitResult(carry.params, carry.state, carry.opt_state, history, epoch)
-        if bad_step >= 0:
-            raise _diverged(model, loss, optimizer, data, result, epoch_key, batch_size,
-                            metrics["loss"][bad_step], bad_step, reference, divergence)
-        logs["samples_per_second"] = len(metrics["loss"]) * batch_size / logs["epoch_time"]
-        memories = list(memories)
-        for i, callback in enumerate(callbacks):
-            memories[i], changes = callback.on_epoch_end(memories[i], info(logs, stopped))
-            result, stopped = _apply(result, changes), stopped or bool(changes and changes.stop)
-        if stopped:
-            break
-    for callback, memory in zip(callbacks, memories):
-        result = _apply(result, callback.on_train_end(memory, info({})))
+    try:
+        for epoch in range(result.epoch + 1, epochs + 1):
+            if stopped:
+                break
+            result, logs, reference = _train_epoch(program, data, result, reference, epoch,
+                                                   train_key, validation, model, loss, optimizer,
+                                                   batch_size, divergence)
+            memories = list(memories)
+            for i, callback in enumerate(callbacks):
+                memories[i], changes = callback.on_epoch_end(memories[i], info(logs, stopped))
+                result, stopped = _apply(result, changes), stopped or bool(changes and changes.stop)
+        for callback, memory in zip(callbacks, memories):
+            result = _apply(result, callback.on_train_end(memory, info({})))
+    except (KeyboardInterrupt, Exception) as error:   # Ctrl-C, a failing callback
+        if not isinstance(error, TrainingDiverged):
+            error.result = result   # the last completed epoch's result; its checkpoint is whole
+            error.add_note(f"fit: interrupted after epoch {result.epoch}; the exception's "
+                           f".result holds that epoch's FitResult")
+        raise
     return result
+
+
+def _train_epoch(program, data: _Data, result: FitResult, reference: float, epoch: int,
+                 train_key, validation, model, loss, optimizer, batch_size: int, divergence):
+    """Run epoch `epoch` and log it: (result, logs, reference), or raise TrainingDiverged."""
+    begin, epoch_key = time.perf_counter(), jax.random.fold_in(train_key, epoch)
+    carry, metrics = data.run(program, start(result.params, result.state, result.opt_state,
+                                             reference), epoch_key, batch_size)
+    reference, bad_step = float(carry.reference), int(carry.bad_step)
+    logs = _epoch_logs(metrics, bad_step, carry.params)
+    if validation is not None and bad_step < 0:
+        logs.update({f"val_{k}": v for k, v in evaluate_checked(
+            model, loss, carry.params, carry.state, *validation).items()})
+    rates = cbs.learning_rates(carry.opt_state)
+    logs.update({} if rates is None else {"learning_rate": rates})
+    logs["epoch_time"] = time.perf_counter() - begin
+    history = {k: [*v, logs[k]] if k in logs else list(v) for k, v in result.history.items()}
+    history.update({k: [v] for k, v in logs.items() if k not in history})
+    result = FitResult(carry.params, carry.state, carry.opt_state, history, epoch)
+    if bad_step >= 0:
+        raise _diverged(model, loss, optimizer, data, result, epoch_key, batch_size,
+                        metrics["loss"][bad_step], bad_step, reference, divergence)
+    logs["samples_per_second"] = len(metrics["loss"]) * batch_size / logs["epoch_time"]
+    return result, logs, reference
 
 
 def _diverged(model, loss, optimizer, data: _Data, result: FitResult, epoch_key, batch_size,
