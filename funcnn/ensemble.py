@@ -30,7 +30,7 @@ from funcnn.losses import log_likelihood
 from funcnn import optim
 from funcnn import train as _train
 from funcnn.paths import leaf_paths
-from funcnn.train.cache import compiled
+from funcnn.train.cache import compiled, init_program
 
 
 class EnsembleResult(NamedTuple):
@@ -69,7 +69,7 @@ def init(model, key, in_shape, members: int):
     """Stacked (params, state) of `members` models, member i initialised as `fn.train.fit` with
     key = split(key, members)[i] would initialise it."""
     init_keys, _ = _member_keys(key, members)
-    one = jax.jit(model.init, static_argnums=1)     # a loop: vmapped RNG compiles slowly on CPU
+    one = compiled(init_program, model)     # a loop: vmapped RNG compiles slowly on CPU
     return stack([one(k, tuple(in_shape)) for k in init_keys])
 
 
@@ -145,7 +145,7 @@ def _ensemble_program(model, loss, optimizer, regularizer, hand_written, batch_s
     step = _train.make_step(model, loss, optimizer, regularizer=regularizer,
                             hand_written=hand_written)
     epoch = _train.make_epoch(step, batch_size, augment, ratio_every=_train.UpdateRatio().every)
-    return jax.jit(jax.vmap(epoch, in_axes=(0, None, None, 0, 0)), donate_argnums=0)
+    return jax.jit(jax.vmap(epoch, in_axes=(0, None, None, 0, 0)))
 
 
 _VAL_NAMES = {"loss": "val_loss", "accuracy": "val_accuracy",
@@ -168,7 +168,8 @@ def _log_epoch(history: dict, metrics, params, bad) -> None:
             values = per_member(metrics[name])
             history.setdefault(name, []).append(float(np.mean(values)))
             history.setdefault(f"member_{name}", []).append(values)
-    ratios = np.asarray(metrics["update_ratio"], np.float64)   # (members, steps, leaves)
+    ratios = np.where(applied[..., None], np.asarray(metrics["update_ratio"], np.float64),
+                      np.nan)   # (members, steps, leaves)
     history["update_ratio"].append({leaf: float(np.nanmean(ratios[..., k])) for k, leaf in
                                     enumerate(leaf_paths(member(params, 0)))})
 

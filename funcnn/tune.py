@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnn import train as _train
+from funcnn.train.cache import compiled, init_program
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +297,7 @@ def training_objective(model, loss, make_optimizer: Callable, train: Sequence,
     x, y = (jnp.asarray(a) for a in train)
     validation = tuple(jnp.asarray(a) for a in validation)
     init_key, train_key = jax.random.split(key)
-    params, state = jax.jit(model.init, static_argnums=1)(init_key, tuple(x.shape[1:]))
+    params, state = compiled(init_program, model)(init_key, tuple(x.shape[1:]))
     orders = jnp.asarray(np.stack([_train.epoch_order(jax.random.fold_in(train_key, epoch),
                                                       len(x), batch_size)
                                    for epoch in range(1, epochs + 1)]))   # fit's batches
@@ -377,7 +378,7 @@ def lr_range_test(model, loss, make_optimizer: Callable, train: Sequence, *, key
     x, y = (jnp.asarray(a) for a in train)
     init_key, train_key = jax.random.split(key)
     if params is None:
-        params, state = jax.jit(model.init, static_argnums=1)(init_key, tuple(x.shape[1:]))
+        params, state = compiled(init_program, model)(init_key, tuple(x.shape[1:]))
     log_ratio = math.log(max_lr / min_lr)
     schedule = lambda t: min_lr * jnp.exp(log_ratio * jnp.asarray(t, jnp.float32) / (steps - 1))
     optimizer = make_optimizer(schedule)

@@ -7,7 +7,7 @@ A decorated factory records how it was called: its qualified name and its argume
 signature with the defaults filled in (so `adam(1e-3) == adam(learning_rate=1e-3)`). Two results
 with equal records compare and hash equal, so caches keyed on them (jit's, `fn.train`'s compiled
 programs) reuse one compilation for a rebuilt model. Numbers are recorded with their type
-(`sgd(1) != sgd(1.0)`: they trace to different dtypes); dicts and lists are recorded as tuples of
+(`sgd(1) != sgd(1.0)`: a configuration is what was written); dicts and lists are recorded as tuples of
 their items, in order. When an argument cannot be hashed (an array, a traced value), the result
 falls back to identity: equal only to itself, never wrongly equal.
 

@@ -116,9 +116,13 @@ def test_star_matches_within_a_segment_and_double_star_across_segments():
         "a/b": "*/b", "a/w": "**", "b": "**", "c/d/b": "**", "c/d/w": "**"}
     assert _rule_of_each_leaf({"**/b": 0, "c/**": 0, "a/**/w": 0}) == {
         "a/b": "**/b", "a/w": "a/**/w", "b": "**/b", "c/d/b": "**/b", "c/d/w": "c/**"}
-    assert _rule_of_each_leaf({"c/*": 0, "*/*/w": 0, "?": 0}, default=True) == {
+    assert _rule_of_each_leaf({"*/*/w": 0}, default=True) == {
         "a/b": "default", "a/w": "default", "b": "default", "c/d/b": "default",
         "c/d/w": "*/*/w"}
+    # `*` never crosses a "/", and glob characters other than * are literal: these match nothing,
+    # which is refused (a typo would otherwise freeze or train nothing without a word).
+    with pytest.raises(ValueError, match=r"the pattern\(s\) \['c/\*', '\?'\] match no parameter"):
+        _rule_of_each_leaf({"c/*": 0, "*/*/w": 0, "?": 0}, default=True)
 
 
 def test_the_first_matching_pattern_wins():

@@ -41,7 +41,8 @@ def partition(rules: Mapping[str, GradientTransformation],
     `rules` maps glob patterns over leaf names ("0/w", "3/*", "1/*/b") to transforms: `*`
     matches within one "/"-segment, `**` any number of whole segments (zero included: "**/b"
     matches "b" and "2/1/b"). A leaf that no pattern matches goes to `default` (group
-    "default"); with `default=None` that is a ValueError naming the leaf.
+    "default"); with `default=None` that is a ValueError naming the leaf, as is a pattern that
+    matches no leaf at all (a typo).
 
     Each group's transform sees trees of the full structure in which the other groups' leaves
     are None (so name-based masks such as `weights_only` still work); `params` and `**extra`
@@ -72,7 +73,13 @@ def partition(rules: Mapping[str, GradientTransformation],
                                   for x, label in zip(leaves, labels)])
 
     def init(params):
-        labels = [group_of(path) for path in leaf_paths(params)]
+        paths = leaf_paths(params)
+        labels = [group_of(path) for path in paths]
+        unused = [pattern for pattern, glob in globs
+                  if not any(glob.fullmatch(path + "/") for path in paths)]
+        if unused:   # a typo ("O/*" for "0/*") would otherwise freeze or train nothing, silently
+            raise ValueError(f"partition: the pattern(s) {unused} match no parameter; the "
+                             f"parameters are {paths}")
         return PartitionState({name: t.init(split(params, labels, name))
                                for name, t in groups.items()})
 

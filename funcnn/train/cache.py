@@ -32,6 +32,11 @@ def compiled(build: Callable[..., Any], *config) -> Any:
     return found
 
 
+def init_program(model):
+    """The jitted `model.init(key, in_shape)` (in_shape static): cache it with `compiled`."""
+    return jax.jit(model.init, static_argnums=1)
+
+
 def clear_caches() -> None:
     """Forget every compiled program of `fn.train`, `fn.ensemble` and `fn.diagnostics` (and
     jax's own caches of them); the next call recompiles."""

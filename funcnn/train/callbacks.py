@@ -94,7 +94,8 @@ class EarlyStopping(Callback):
 
     `mode` is "min" or "max" (default: "max" for accuracies, "min" otherwise); a NaN value never
     improves. With `restore_best`, training ends (stopped or not) with the parameters, states and
-    epoch number of the best epoch (the history stays whole).
+    epoch number of the best epoch (the history stays whole); its optimizer state comes back
+    too, so a learning rate reduced after the best epoch is undone with it.
     """
 
     monitor: str = "val_loss"
@@ -188,7 +189,9 @@ class ReduceLROnPlateau(Callback):
             return memory, Changes(stop=True)
         opt_state = info.result.opt_state
         for group, rate in rates.items():
-            new = max(rate * self.factor, self.min_lr)
+            new = min(rate, max(rate * self.factor, self.min_lr))   # never raised to min_lr
+            if new == rate:
+                continue
             opt_state = optim.set_hyperparams(opt_state, learning_rate=new) if group is None \
                 else optim.set_hyperparams(opt_state, group=group, learning_rate=new)
         return memory, Changes(opt_state=opt_state)
@@ -328,9 +331,10 @@ class JSONLLogger(Callback):
 @dataclasses.dataclass(frozen=True)
 class UpdateRatio(Callback):
     """Log "update_ratio": per leaf, the mean ‖Δθ‖/‖θ‖ of every `every`-th step (the notes'
-    ~1e-3 health check). `fit` samples every 32nd step by default (the steps at which the epoch
-    program checks the parameters in full anyway); `every=None` turns the measurement off (the
-    epoch program then has no trace of it)."""
+    ~1e-3 health check). `fit` samples every 32nd step by default: the first step of each
+    stretch the epoch program checks in full, measured against the copy it keeps of the
+    stretch's start anyway; `every=None` turns the measurement off (the epoch program then has
+    no trace of it)."""
 
     every: int | None = CHECK_EVERY
 

@@ -36,7 +36,7 @@ class EpochCarry(NamedTuple):
 
 
 def start(params, state, opt_state, reference=float("inf")) -> EpochCarry:
-    """An EpochCarry before any step of the epoch (new buffers: the epoch may donate them)."""
+    """An EpochCarry before any step of the epoch (the trees as given: not donated by `fit`)."""
     return EpochCarry(params, state, opt_state, jnp.array(-1, jnp.int32),
                       jnp.array(reference, jnp.float32))
 
@@ -68,11 +68,12 @@ def _ratio_row(params, before):
 
 
 def _exploded(loss, reference, divergence):
-    """|loss| > divergence·(|reference| + 1): a finite loss that has run away."""
+    """loss > divergence·(|reference| + 1): a loss that has run away upwards (a loss that keeps
+    falling below zero, e.g. a Gaussian negative log-likelihood, is not held against it)."""
     if divergence is None:
         return jnp.array(False)
     scale = jnp.where(jnp.isinf(reference), jnp.abs(loss), jnp.abs(reference)) + 1
-    return jnp.abs(loss) > jnp.asarray(divergence, scale.dtype) * scale
+    return loss > jnp.asarray(divergence, scale.dtype) * scale
 
 
 def _state_finite(new, old):
@@ -84,6 +85,16 @@ def _state_finite(new, old):
                                                                 jax.tree.leaves(old))
                if jnp.ndim(n) == 0 and jnp.issubdtype(jnp.result_type(n), jnp.inexact)]
     return all_finite(arrays) & jnp.all(jnp.stack(scalars)) if scalars else all_finite(arrays)
+
+
+class _Loop(NamedTuple):
+    """The epoch loop's state: the next step, the end of a stretch being replayed one step at a
+    time (≤ i when not replaying), the carry and the metric rows."""
+
+    i: jax.Array
+    replay_until: jax.Array
+    carry: EpochCarry
+    rows: Any
 
 
 def _sound(new: EpochCarry, old: EpochCarry):
@@ -110,8 +121,8 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *,
     one step at a time, each step checked in full, up to the failing step: the same compiled
     step, no host round trip. `metrics` has one row per step of `step`'s metrics; rows of steps
     not applied are NaN, the failed step's row is what it computed. With `ratio_every = k`
-    (stretches of k steps), "update_ratio" holds (steps, leaves) rows ‖Δθ‖/‖θ‖ of every k-th
-    step, NaN between. Jit it, or vmap it over carries and keys.
+    (stretches of k steps), "update_ratio" holds (steps, leaves) rows ‖Δθ‖/‖θ‖ of the steps
+    first + i ≡ 0 mod k, NaN between. Jit it, or vmap it over carries and keys.
     """
     stretch = check_every if ratio_every is None else ratio_every
 
@@ -119,10 +130,14 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *,
         if order is None:
             order = _device_order(epoch_key, images.shape[0], batch_size)
         steps = order.shape[0]
+        if steps == 0:
+            raise ValueError(f"make_epoch: expected at least one batch of {batch_size} examples, "
+                             f"received {images.shape[0]} examples")
         first = jnp.asarray(first, jnp.int32)
 
-        def body(carry: EpochCarry, i, before):
-            """Step i from `carry`; its metrics row; whether its loss fails the check."""
+        def body(carry: EpochCarry, i, sample, before):
+            """Step i from `carry` (with ‖Δθ‖/‖θ‖ against `before` when `sample`); its metrics
+            row; whether its loss fails the check."""
             x, y = images[order[i]], labels[order[i]]
             key = jax.random.fold_in(epoch_key, first + i)
             if augment is not None:
@@ -131,7 +146,7 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *,
                                                      x, y, jax.random.fold_in(key, 0))
             if ratio_every is not None:
                 metrics = {**metrics, "update_ratio": jax.lax.cond(
-                    i % ratio_every == 0, lambda: _ratio_row(params, before),
+                    sample, lambda: _ratio_row(params, before),
                     lambda: jnp.full((len(jax.tree.leaves(params)),), jnp.nan, jnp.float32))}
             loss = metrics["loss"]
             failed = ~jnp.isfinite(loss) | _exploded(loss, carry.reference, divergence)
@@ -139,39 +154,45 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *,
             return carry._replace(params=params, state=state, opt_state=opt_state,
                                   reference=reference.astype(jnp.float32)), metrics, failed
 
-        row = jax.eval_shape(lambda c: body(c, 0, c.params)[1], carry)
-        rows = jax.tree.map(lambda r: jnp.full((steps, *r.shape), jnp.nan, r.dtype), row)
+        row = jax.eval_shape(lambda c: body(c, 0, True, c.params)[1], carry)
+        rows = jax.tree.map(lambda r: jnp.full((steps, *r.shape), jnp.nan, jnp.float32)
+                            .astype(r.dtype) if jnp.issubdtype(r.dtype, jnp.inexact) else
+                            jnp.zeros((steps, *r.shape), r.dtype), row)
 
-        def run_stretch(loop):
-            """Steps i … end − 1 (a whole stretch, or one step when replaying), then the full
-            check: keep their values, or go back to the stretch's start."""
-            i, replay_until, carry, rows = loop
-            replaying = i < replay_until
-            end = jnp.minimum(jnp.where(replaying, i + 1, (i // stretch + 1) * stretch), steps)
+        def run_stretch(loop: _Loop) -> _Loop:
+            """Steps i … end − 1 (up to the next multiple of `stretch` in the epoch's numbering,
+            or one step when replaying), then the full check: keep their values, or go back to
+            the stretch's start (the carry that came in: kept alive for that)."""
+            replaying = loop.i < loop.replay_until
+            stretch_end = ((first + loop.i) // stretch + 1) * stretch - first
+            end = jnp.minimum(jnp.where(replaying, loop.i + 1, stretch_end), steps)
+            sample = (first + loop.i) % stretch == 0   # ratios only where `before` is the start
 
             def next_step(inner):
                 j, current, rows, _ = inner
-                current, step_row, failed = body(current, j, carry.params)
+                current, step_row, failed = body(current, j, sample & (j == loop.i),
+                                                 loop.carry.params)
                 rows = jax.tree.map(lambda rs, r: rs.at[j].set(r), rows, step_row)
                 return j + 1, current, rows, failed
 
             _, after, rows, failed = jax.lax.while_loop(
                 lambda inner: (inner[0] < end) & ~inner[3], next_step,
-                (i, carry, rows, jnp.array(False)))
-            ok = ~failed & _sound(after, carry)
-            kept = jax.tree.map(lambda a, b: jnp.where(ok, a, b), after, carry)
-            bad_step = jnp.where(ok | ~replaying, -1, first + i)
-            return (jnp.where(ok, end, i), jnp.where(ok | replaying, replay_until, end),
-                    kept._replace(bad_step=bad_step.astype(jnp.int32)), rows)
+                (loop.i, loop.carry, loop.rows, jnp.array(False)))
+            ok = ~failed & _sound(after, loop.carry)
+            kept = jax.tree.map(lambda a, b: jnp.where(ok, a, b), after, loop.carry)
+            bad_step = jnp.where(ok | ~replaying, -1, first + loop.i).astype(jnp.int32)
+            return _Loop(jnp.where(ok, end, loop.i),
+                         jnp.where(ok | replaying, loop.replay_until, end),
+                         kept._replace(bad_step=bad_step), rows)
 
-        _, _, carry, rows = jax.lax.while_loop(
-            lambda loop: (loop[0] < steps) & (loop[2].bad_step < 0), run_stretch,
-            (jnp.int32(0), jnp.int32(0), carry, rows))
-        applied = jnp.where(carry.bad_step < 0, steps, carry.bad_step - first)
+        loop = jax.lax.while_loop(lambda loop: (loop.i < steps) & (loop.carry.bad_step < 0),
+                                  run_stretch, _Loop(jnp.int32(0), jnp.int32(0), carry, rows))
+        applied = jnp.where(loop.carry.bad_step < 0, steps, loop.carry.bad_step - first)
         unapplied = jnp.arange(steps) > applied   # the failed step's own row stays
         rows = jax.tree.map(lambda r: jnp.where(
-            unapplied.reshape((steps,) + (1,) * (r.ndim - 1)), jnp.nan, r), rows)
-        return carry, rows
+            unapplied.reshape((steps,) + (1,) * (r.ndim - 1)), jnp.nan, r)
+            if jnp.issubdtype(r.dtype, jnp.inexact) else r, loop.rows)
+        return loop.carry, rows
 
     return epoch
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from funcnn import checkpoint, parallel
 from funcnn.train import callbacks as cbs
-from funcnn.train.cache import compiled
+from funcnn.train.cache import compiled, init_program
 from funcnn.train.epoch import DIVERGENCE, EpochCarry, epoch_order, make_epoch, ratio_columns, start
 from funcnn.train.evaluate import check_count, check_labels, check_pair, evaluate_checked
 from funcnn.train.step import make_step
@@ -68,10 +68,6 @@ class _Config(NamedTuple):
     mesh: Any
     divergence: float | None
     ratio_every: int | None
-
-
-def _init_program(model):
-    return jax.jit(model.init, static_argnums=1)
 
 
 def _epoch_program(config: _Config):
@@ -221,7 +217,8 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
 
     Parameters are initialised from `key` unless given. Epoch e's shuffle, dropout masks and
     augmentation (`augment(key, x) -> x`, per batch) derive from fold_in(key, e), so a run is
-    reproducible. After each epoch the `callbacks` (`fn.train.callbacks`, or functions
+    reproducible (init from split(key)[0], epoch e from fold_in(split(key)[1], e)). After
+    each epoch the `callbacks` (`fn.train.callbacks`, or functions
     `(epoch, logs, result) -> bool`) see the logs and may stop, change hyper-parameters or
     restore parameters; `early_stopping`, `progress` and `checkpoint_path` (with
     `checkpoint_every`) add EarlyStopping, ProgressBar and Checkpoint. `resume=True`
@@ -240,12 +237,13 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     validation = _check_arguments(x, y, epochs, batch_size, validation, model)
     check_count("fit", "checkpoint_every", checkpoint_every)
     callbacks = _assemble(callbacks, early_stopping, progress, checkpoint_path, checkpoint_every)
-    if validation is None and any(getattr(c, "monitor", "").startswith("val_") for c in callbacks):
-        raise ValueError("fit: a callback monitors a validation metric (val_…), which needs "
-                         "validation=(x, y)")
+    for callback in callbacks:
+        if validation is None and getattr(callback, "monitor", "").startswith("val_"):
+            raise ValueError(f"fit: {type(callback).__name__} monitors {callback.monitor!r}, "
+                             f"which needs validation=(x, y)")
     init_key, train_key = jax.random.split(key)
     if params is None or state is None:   # given params without state: the layers' fresh state
-        fresh_params, fresh_state = compiled(_init_program, model)(init_key, tuple(np.shape(x)[1:]))
+        fresh_params, fresh_state = compiled(init_program, model)(init_key, tuple(np.shape(x)[1:]))
         params = fresh_params if params is None else params
         state = fresh_state if state is None else state
     opt_state = optimizer.init(params) if opt_state is None else opt_state
@@ -285,8 +283,9 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     except (KeyboardInterrupt, Exception) as error:   # Ctrl-C, a failing callback
         if not isinstance(error, TrainingDiverged):
             error.result = result   # the last completed epoch's result; its checkpoint is whole
-            error.add_note(f"fit: interrupted after epoch {result.epoch}; the exception's "
-                           f".result holds that epoch's FitResult")
+            if hasattr(error, "add_note"):   # Python ≥ 3.11
+                error.add_note(f"fit: interrupted after epoch {result.epoch}; the exception's "
+                               f".result holds that epoch's FitResult")
         raise
     return result
 
@@ -305,7 +304,7 @@ def _train_epoch(program, data: _Data, result: FitResult, reference: float, epoc
     rates = cbs.learning_rates(carry.opt_state)
     logs.update({} if rates is None else {"learning_rate": rates})
     logs["epoch_time"] = time.perf_counter() - begin
-    history = {k: [*v, logs[k]] if k in logs else list(v) for k, v in result.history.items()}
+    history = {k: [*v, logs.get(k, float("nan"))] for k, v in result.history.items()}
     history.update({k: [v] for k, v in logs.items() if k not in history})
     result = FitResult(carry.params, carry.state, carry.opt_state, history, epoch)
     if bad_step >= 0:

@@ -46,8 +46,8 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
     Gradients come from `jax.grad`, or with `hand_written=True` from the layers' hand-written
     rules (`fn.backprop`; the regularizer's hand-written `.grad`). The optimizer receives
     `value=loss` (for `reduce_on_plateau`). metrics: "loss" (the data loss), "accuracy"
-    (classification only), "penalty" (with a regularizer) — nothing that costs a pass over the
-    parameters, so a loop of steps runs as fast as the bare arithmetic.
+    (classification only), "penalty" (with a regularizer: one more evaluation of it) — no
+    norms or checks over the parameters, so a loop of steps runs as fast as the bare arithmetic.
 
     Mixed precision (off by default): with `compute_dtype=jnp.bfloat16` the forward and backward
     passes run on the parameters and inputs cast to bfloat16, the loss in float32; gradients
