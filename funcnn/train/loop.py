@@ -257,9 +257,9 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
 
     ratio_every = next((c.every for c in callbacks if isinstance(c, cbs.UpdateRatio)),
                        cbs.UpdateRatio().every)
-    program = compiled(_epoch_program, _Config(model, loss, optimizer, regularizer, hand_written,
-                                               compute_dtype, batch_size, augment, mesh,
-                                               divergence, ratio_every))
+    config = _Config(model, loss, optimizer, regularizer, hand_written, compute_dtype, batch_size,
+                     augment, mesh, divergence, ratio_every)
+    program = compiled(_epoch_program, config)
     data = _prepare(x, y, batch_size, max_device_bytes, mesh)
     info = lambda logs, stopping=False: cbs.EpochInfo(
         result.epoch, epochs, logs, result, stopping,
@@ -271,9 +271,9 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         for epoch in range(result.epoch + 1, epochs + 1):
             if stopped:
                 break
-            result, logs, reference = _train_epoch(program, data, result, reference, epoch,
-                                                   train_key, validation, model, loss, optimizer,
-                                                   batch_size, divergence)
+            result, logs, reference = _train_epoch(program, config, data, result, reference,
+                                                   jax.random.fold_in(train_key, epoch),
+                                                   validation)
             memories = list(memories)
             for i, callback in enumerate(callbacks):
                 memories[i], changes = callback.on_epoch_end(memories[i], info(logs, stopped))
@@ -290,36 +290,38 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     return result
 
 
-def _train_epoch(program, data: _Data, result: FitResult, reference: float, epoch: int,
-                 train_key, validation, model, loss, optimizer, batch_size: int, divergence):
-    """Run epoch `epoch` and log it: (result, logs, reference), or raise TrainingDiverged."""
-    begin, epoch_key = time.perf_counter(), jax.random.fold_in(train_key, epoch)
+def _train_epoch(program, config: _Config, data: _Data, result: FitResult, reference: float,
+                 epoch_key, validation):
+    """Run the epoch after `result`'s and log it: (result, logs, reference), or raise
+    TrainingDiverged."""
+    begin = time.perf_counter()
     carry, metrics = data.run(program, start(result.params, result.state, result.opt_state,
-                                             reference), epoch_key, batch_size)
+                                             reference), epoch_key, config.batch_size)
     reference, bad_step = float(carry.reference), int(carry.bad_step)
     logs = _epoch_logs(metrics, bad_step, carry.params)
     if validation is not None and bad_step < 0:
         logs.update({f"val_{k}": v for k, v in evaluate_checked(
-            model, loss, carry.params, carry.state, *validation).items()})
+            config.model, config.loss, carry.params, carry.state, *validation).items()})
     rates = cbs.learning_rates(carry.opt_state)
     logs.update({} if rates is None else {"learning_rate": rates})
     logs["epoch_time"] = time.perf_counter() - begin
     history = {k: [*v, logs.get(k, float("nan"))] for k, v in result.history.items()}
     history.update({k: [v] for k, v in logs.items() if k not in history})
-    result = FitResult(carry.params, carry.state, carry.opt_state, history, epoch)
+    result = FitResult(carry.params, carry.state, carry.opt_state, history, result.epoch + 1)
     if bad_step >= 0:
-        raise _diverged(model, loss, optimizer, data, result, epoch_key, batch_size,
-                        metrics["loss"][bad_step], bad_step, reference, divergence)
-    logs["samples_per_second"] = len(metrics["loss"]) * batch_size / logs["epoch_time"]
+        raise _diverged(config, data, result, epoch_key, metrics["loss"][bad_step], bad_step,
+                        reference)
+    logs["samples_per_second"] = len(metrics["loss"]) * config.batch_size / logs["epoch_time"]
     return result, logs, reference
 
 
-def _diverged(model, loss, optimizer, data: _Data, result: FitResult, epoch_key, batch_size,
-              bad_loss, bad_step, reference, divergence) -> TrainingDiverged:
+def _diverged(config: _Config, data: _Data, result: FitResult, epoch_key, bad_loss, bad_step,
+              reference) -> TrainingDiverged:
     """The error for step `bad_step` of epoch `result.epoch`, with what is known of its cause."""
-    rows = epoch_order(epoch_key, len(data.images), batch_size)[bad_step]
+    divergence = config.divergence
+    rows = epoch_order(epoch_key, len(data.images), config.batch_size)[bad_step]
     x, y = (np.asarray(a)[rows] for a in (data.images, data.labels))   # no gather to compile
-    steps = len(data.images) // batch_size
+    steps = len(data.images) // config.batch_size
     where = f"fit: at epoch {result.epoch}, step {bad_step + 1} of {steps}"
     if divergence is not None and np.isfinite(bad_loss) and \
             abs(bad_loss) > divergence * ((abs(reference) if not np.isinf(reference) else
@@ -334,13 +336,18 @@ def _diverged(model, loss, optimizer, data: _Data, result: FitResult, epoch_key,
     cause = "" if not bad_rows else (f"; the inputs x[{bad_rows[0]}]" + (
         f" and {len(bad_rows) - 1} more of that batch" if len(bad_rows) > 1 else "") +
         " are not finite: clean the data")
-    step_key = jax.random.fold_in(jax.random.fold_in(epoch_key, bad_step), 0)
+    step_key = jax.random.fold_in(epoch_key, bad_step)
 
     def diagnose():
+        """find_nonfinite on the failed step's batch, augmented as it was (the regularizer,
+        mixed precision and a mesh are not modelled)."""
         from funcnn import diagnostics   # diagnostics builds on fn.train: imported when asked
-        return diagnostics.find_nonfinite(model, loss, result.params, result.state, x, y,
-                                          key=step_key, optimizer=optimizer,
-                                          opt_state=result.opt_state)
+        inputs = x if config.augment is None else \
+            config.augment(jax.random.fold_in(step_key, 1), jnp.asarray(x))
+        return diagnostics.find_nonfinite(config.model, config.loss, result.params,
+                                          result.state, inputs, y,
+                                          key=jax.random.fold_in(step_key, 0),
+                                          optimizer=config.optimizer, opt_state=result.opt_state)
 
     return TrainingDiverged(
         f"{where} non-finite loss, gradient, parameter or state{cause}; training stopped and the "
