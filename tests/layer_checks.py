@@ -80,7 +80,7 @@ def branch_free_input(shape, seed=0, gap=1e-3, kinks=(0.0,)):
 def assert_layer_transforms(layer, in_shape, *, train=False, members=2, seed=0, rtol=1e-4):
     """jit + vmap over `members` parameter sets: `fn.backprop.value_and_grad` (hand-written rules)
     and `jax.grad` through `fn.backprop.custom_vjp(layer)` both agree with plain `jax.grad`, in
-    float32, on the loss value, the new state and every gradient leaf. Parameters are N(0, 1)
+    full float32, on the loss value, the new state and every gradient leaf. Parameters are N(0, 1)
     draws from numpy stacked on a leading axis (cheap to compile); the state is `layer.init`'s."""
     loss = fn.losses.mean_squared_error
     rng = np.random.default_rng(seed)
@@ -101,11 +101,12 @@ def assert_layer_transforms(layer, in_shape, *, train=False, members=2, seed=0, 
         return jax.jit(jax.vmap(jax.value_and_grad(objective, has_aux=True),
                                 axis_size=members))(params, state)
 
-    reference = autodiff(layer)
-    bridged = autodiff(fn.backprop.custom_vjp(layer))
     vg = fn.backprop.value_and_grad(layer, loss)
-    hand = jax.jit(jax.vmap(lambda p, s: vg(p, s, x, target, key=key, train=train),
-                            axis_size=members))(params, state)
+    with jax.default_matmul_precision("float32"):   # a GPU would multiply in TF32 otherwise
+        reference = autodiff(layer)
+        bridged = autodiff(fn.backprop.custom_vjp(layer))
+        hand = jax.jit(jax.vmap(lambda p, s: vg(p, s, x, target, key=key, train=train),
+                                axis_size=members))(params, state)
     chex.assert_trees_all_close(hand, reference, rtol=rtol, atol=rtol * 1e-2)
     chex.assert_trees_all_close(bridged, reference, rtol=rtol, atol=rtol * 1e-2)
     chex.assert_tree_all_finite(hand)

@@ -387,9 +387,10 @@ def _small_cnn(conv, pool):
 
 
 def _outputs_by_mode(model, params, state, x):
-    """apply(train=True), the hand-written forward(train=True), then the same at eval."""
-    return [jax.jit(lambda p, x, run=run, train=train: run(p, state, x, train=train)[0])(params, x)
-            for train in (True, False) for run in (model.apply, model.forward)]
+    """apply(train=True), the hand-written forward(train=True), then the same at eval — in one
+    program, so that a GPU autotunes each convolution once for all four."""
+    return jax.jit(lambda p, x: [run(p, state, x, train=train)[0] for train in (True, False)
+                                 for run in (model.apply, model.forward)])(params, x)
 
 
 @pytest.mark.parametrize("conv,pool", [("gemm", "stack"), ("xla", "xla"), ("gemm", "xla")])
@@ -403,8 +404,9 @@ def test_an_explicit_algorithm_computes_the_same_bits_in_training_and_evaluation
 @pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-5), (jnp.float64, 1e-12)])
 def test_auto_agrees_between_training_and_evaluation_and_with_every_algorithm(dtype, rtol):
     """apply and forward use one formulation per mode (the same bits); training and evaluation
-    (GEMMs and lax.conv on XLA:CPU) and every explicit choice agree up to float rounding."""
-    with jax.enable_x64(dtype == jnp.float64):
+    (GEMMs and lax.conv on XLA:CPU) and every explicit choice agree up to float rounding (in
+    full float32: a GPU would otherwise multiply in TF32)."""
+    with jax.enable_x64(dtype == jnp.float64), jax.default_matmul_precision("float32"):
         model = _small_cnn("auto", "auto")
         params, state = model.init(jax.random.key(0), (9, 9, 3))
         params = jax.tree.map(lambda a: a.astype(dtype), params)
