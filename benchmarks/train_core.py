@@ -1,6 +1,7 @@
 """The training core's overheads, in one process, alternating (issue 17's speed bars).
 
     python benchmarks/train_core.py [--workload A|B|both] [--seconds 3] [--repeats 3]
+                                    [--only steps|epochs]
 
 Per workload (benchmarks/mlp.py's A: 784-512-512-10 ReLU Adam; B: the notes' 784-64-16-10
 sigmoid/tanh SGD; batch 128, 60 000 examples on the device):
@@ -121,6 +122,7 @@ def main():
     parser.add_argument("--workload", choices=["A", "B", "both"], default="both")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=["steps", "epochs"], default=None)
     args = parser.parse_args()
     x, y = data()
     batches = device_batches(x, y)
@@ -129,11 +131,15 @@ def main():
         spec = WORKLOADS[name]
         steps = {"stax loop (plain JAX)": lambda: stax_loop(spec, batches),
                  "make_step loop": lambda: make_step_loop(spec, batches)}
-        report(f"{name}: per-step loops", measure(steps, batch=BATCH, seconds=args.seconds,
-                                                  repeats=args.repeats),
-               reference="stax loop (plain JAX)")
+        if args.only != "epochs":
+            report(f"{name}: per-step loops", measure(steps, batch=BATCH, seconds=args.seconds,
+                                                      repeats=args.repeats),
+                   reference="stax loop (plain JAX)")
+        if args.only == "steps":
+            continue
         epochs = {"bare lax.scan of make_step": lambda: bare_scan(spec, dx, dy),
-                  "epoch program (guarded, ratios)": lambda: epoch_program(spec, dx, dy, 8),
+                  "epoch program (guarded, ratios)": lambda: epoch_program(
+                      spec, dx, dy, fn.train.UpdateRatio().every),
                   "epoch program (guarded)": lambda: epoch_program(spec, dx, dy, None),
                   "fit": lambda: fit_epochs(funcnn_model(spec), LOSS, funcnn_optimizer(spec),
                                             x, y, batch=BATCH)}
