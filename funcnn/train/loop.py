@@ -190,6 +190,25 @@ def _apply(result: FitResult, changes: cbs.Changes | None) -> FitResult:
     return result._replace(**replaced)
 
 
+def _begin(model, optimizer, in_shape, key, trees, callbacks, resume: bool):
+    """The run's start: (result, callback memories, explosion reference, stopped) — fresh (the
+    given trees, the missing ones initialised from split(key)[0]) or, with `resume`, from the
+    checkpoint of the run's `Checkpoint` callback when it exists."""
+    params, state, opt_state = trees
+    if params is None or state is None:   # given params without state: the layers' fresh state
+        fresh_params, fresh_state = compiled(init_program, model)(jax.random.split(key)[0],
+                                                                  tuple(in_shape))
+        params = fresh_params if params is None else params
+        state = fresh_state if state is None else state
+    opt_state = optimizer.init(params) if opt_state is None else opt_state
+    result = FitResult(params, state, opt_state, {}, 0)
+    memories = tuple(c.init(result) for c in callbacks)
+    path = next((c.path for c in callbacks if isinstance(c, cbs.Checkpoint)), None)
+    if resume and path is not None and Path(path).exists():
+        return _resume(path, result, callbacks, memories, key)
+    return result, memories, float("inf"), False
+
+
 def _check_arguments(x, y, epochs, batch_size, validation, model):
     if len(x) != len(y):
         raise ValueError(f"fit: expected as many targets as inputs, received {len(x)} inputs and "
@@ -215,10 +234,9 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         compute_dtype=None, divergence: float | None = DIVERGENCE) -> FitResult:
     """Train `model` on `train = (x, y)` for `epochs` epochs of shuffled mini-batches.
 
-    Parameters are initialised from `key` unless given. Epoch e's shuffle, dropout masks and
-    augmentation (`augment(key, x) -> x`, per batch) derive from fold_in(key, e), so a run is
-    reproducible (init from split(key)[0], epoch e from fold_in(split(key)[1], e)). After
-    each epoch the `callbacks` (`fn.train.callbacks`, or functions
+    Parameters are initialised from split(key)[0] unless given; epoch e's shuffle, dropout
+    masks and augmentation (`augment(key, x) -> x`, per batch) derive from
+    fold_in(split(key)[1], e), so a run is reproducible. After each epoch the `callbacks` (`fn.train.callbacks`, or functions
     `(epoch, logs, result) -> bool`) see the logs and may stop, change hyper-parameters or
     restore parameters; `early_stopping`, `progress` and `checkpoint_path` (with
     `checkpoint_every`) add EarlyStopping, ProgressBar and Checkpoint. `resume=True`
@@ -241,26 +259,14 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         if validation is None and getattr(callback, "monitor", "").startswith("val_"):
             raise ValueError(f"fit: {type(callback).__name__} monitors {callback.monitor!r}, "
                              f"which needs validation=(x, y)")
-    init_key, train_key = jax.random.split(key)
-    if params is None or state is None:   # given params without state: the layers' fresh state
-        fresh_params, fresh_state = compiled(init_program, model)(init_key, tuple(np.shape(x)[1:]))
-        params = fresh_params if params is None else params
-        state = fresh_state if state is None else state
-    opt_state = optimizer.init(params) if opt_state is None else opt_state
-    result = FitResult(params, state, opt_state, {}, 0)
-    memories, reference, stopped = tuple(c.init(result) for c in callbacks), float("inf"), False
-    resume_from = checkpoint_path or next((c.path for c in callbacks
-                                           if isinstance(c, cbs.Checkpoint)), None)
-    if resume and resume_from is not None and Path(resume_from).exists():
-        result, memories, reference, stopped = _resume(resume_from, result, callbacks,
-                                                        memories, key)
-
+    result, memories, reference, stopped = _begin(model, optimizer, np.shape(x)[1:], key,
+                                                  (params, state, opt_state), callbacks, resume)
     ratio_every = next((c.every for c in callbacks if isinstance(c, cbs.UpdateRatio)),
                        cbs.UpdateRatio().every)
     config = _Config(model, loss, optimizer, regularizer, hand_written, compute_dtype, batch_size,
                      augment, mesh, divergence, ratio_every)
     program = compiled(_epoch_program, config)
-    data = _prepare(x, y, batch_size, max_device_bytes, mesh)
+    data, train_key = _prepare(x, y, batch_size, max_device_bytes, mesh), jax.random.split(key)[1]
     info = lambda logs, stopping=False: cbs.EpochInfo(
         result.epoch, epochs, logs, result, stopping,
         lambda: _snapshot(result, callbacks, memories, key, reference, stopping))
