@@ -29,8 +29,8 @@ from funcnn import checkpoint
 from funcnn.losses import log_likelihood
 from funcnn import optim
 from funcnn import train as _train
-from funcnn.paths import leaf_paths
 from funcnn.train.cache import compiled, init_program
+from funcnn.train.loop import epoch_logs
 
 
 class EnsembleResult(NamedTuple):
@@ -154,24 +154,18 @@ _VAL_NAMES = {"loss": "val_loss", "accuracy": "val_accuracy",
 
 
 def _log_epoch(history: dict, metrics, params, bad) -> None:
-    """Per-member means of the epoch's step metrics over the steps each member applied."""
-    steps = np.asarray(metrics["loss"]).shape[1]
-    applied = np.arange(steps)[None, :] < np.where(bad >= 0, bad, steps)[:, None]
-
-    def per_member(values):
-        values = np.where(applied, np.asarray(values, np.float64), np.nan)
-        return [float(np.nanmean(row)) if np.isfinite(row).any() else float("nan")
-                for row in values]
-
+    """Each member's epoch logged as `fn.train.fit` logs it (means over the steps it applied),
+    then "loss"/"accuracy" and every leaf's update ratio averaged over the members."""
+    metrics, one = jax.tree.map(np.asarray, metrics), member(params, 0)
+    logs = [epoch_logs(member(metrics, i), int(b), one) for i, b in enumerate(bad)]
     for name in ("loss", "accuracy"):
-        if name in metrics:
-            values = per_member(metrics[name])
+        if name in logs[0]:
+            values = [entry[name] for entry in logs]
             history.setdefault(name, []).append(float(np.mean(values)))
             history.setdefault(f"member_{name}", []).append(values)
-    ratios = np.where(applied[..., None], np.asarray(metrics["update_ratio"], np.float64),
-                      np.nan)   # (members, steps, leaves)
-    history["update_ratio"].append({leaf: float(np.nanmean(ratios[..., k])) for k, leaf in
-                                    enumerate(leaf_paths(member(params, 0)))})
+    history["update_ratio"].append({leaf: float(np.nanmean([entry["update_ratio"][leaf]
+                                                            for entry in logs]))
+                                    for leaf in logs[0]["update_ratio"]})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -67,13 +67,14 @@ def _ratio_row(params, before):
     return jnp.stack([v.astype(jnp.float32) for v in update_ratios(before, updates).values()])
 
 
-def _exploded(loss, reference, divergence):
+def exploded(loss, reference, divergence, xp=jnp):
     """loss > divergence·(|reference| + 1): a loss that has run away upwards (a loss that keeps
-    falling below zero, e.g. a Gaussian negative log-likelihood, is not held against it)."""
+    falling below zero, e.g. a Gaussian negative log-likelihood, is not held against it).
+    `xp=np` evaluates the same rule on the host."""
     if divergence is None:
-        return jnp.array(False)
-    scale = jnp.where(jnp.isinf(reference), jnp.abs(loss), jnp.abs(reference)) + 1
-    return loss > jnp.asarray(divergence, scale.dtype) * scale
+        return xp.array(False)
+    scale = xp.where(xp.isinf(reference), xp.abs(loss), xp.abs(reference)) + 1
+    return loss > xp.asarray(divergence, scale.dtype) * scale
 
 
 def _state_finite(new, old):
@@ -149,7 +150,7 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *,
                     sample, lambda: _ratio_row(params, before),
                     lambda: jnp.full((len(jax.tree.leaves(params)),), jnp.nan, jnp.float32))}
             loss = metrics["loss"]
-            failed = ~jnp.isfinite(loss) | _exploded(loss, carry.reference, divergence)
+            failed = ~jnp.isfinite(loss) | exploded(loss, carry.reference, divergence)
             reference = jnp.where(jnp.isinf(carry.reference), loss, carry.reference)
             return carry._replace(params=params, state=state, opt_state=opt_state,
                                   reference=reference.astype(jnp.float32)), metrics, failed

@@ -19,7 +19,8 @@ import numpy as np
 from funcnn import checkpoint, parallel
 from funcnn.train import callbacks as cbs
 from funcnn.train.cache import compiled, init_program
-from funcnn.train.epoch import DIVERGENCE, EpochCarry, epoch_order, make_epoch, ratio_columns, start
+from funcnn.train.epoch import (
+    DIVERGENCE, EpochCarry, epoch_order, exploded, make_epoch, ratio_columns, start)
 from funcnn.train.evaluate import check_count, check_labels, check_pair, evaluate_checked
 from funcnn.train.step import make_step
 
@@ -122,7 +123,7 @@ def _prepare(x, y, batch_size: int, max_device_bytes: int, mesh) -> _Data:
     return _Data(np.asarray(x), np.asarray(y), place, max(max_device_bytes // batch_bytes, 1))
 
 
-def _epoch_logs(metrics, bad_step: int, params) -> dict:
+def epoch_logs(metrics, bad_step: int, params) -> dict:
     """Each per-step metric's mean over the steps applied (finite rows), update ratios by leaf."""
     if bad_step >= 0:
         metrics = jax.tree.map(lambda m: m[:bad_step], metrics)
@@ -304,7 +305,7 @@ def _train_epoch(program, config: _Config, data: _Data, result: FitResult, refer
     carry, metrics = data.run(program, start(result.params, result.state, result.opt_state,
                                              reference), epoch_key, config.batch_size)
     reference, bad_step = float(carry.reference), int(carry.bad_step)
-    logs = _epoch_logs(metrics, bad_step, carry.params)
+    logs = epoch_logs(metrics, bad_step, carry.params)
     if validation is not None and bad_step < 0:
         logs.update({f"val_{k}": v for k, v in evaluate_checked(
             config.model, config.loss, carry.params, carry.state, *validation).items()})
@@ -329,9 +330,8 @@ def _diverged(config: _Config, data: _Data, result: FitResult, epoch_key, bad_lo
     x, y = (np.asarray(a)[rows] for a in (data.images, data.labels))   # no gather to compile
     steps = len(data.images) // config.batch_size
     where = f"fit: at epoch {result.epoch}, step {bad_step + 1} of {steps}"
-    if divergence is not None and np.isfinite(bad_loss) and \
-            abs(bad_loss) > divergence * ((abs(reference) if not np.isinf(reference) else
-                                          abs(bad_loss)) + 1):
+    if np.isfinite(bad_loss) and exploded(np.float32(bad_loss), np.float32(reference),
+                                          divergence, xp=np):
         return TrainingDiverged(
             f"{where} the loss exploded to {float(bad_loss):.3g}, past divergence={divergence:g} "
             f"× (|first loss {reference:.3g}| + 1); training stopped and the last good parameters "
