@@ -6,7 +6,8 @@
 Per workload (benchmarks/mlp.py's A: 784-512-512-10 ReLU Adam; B: the notes' 784-64-16-10
 sigmoid/tanh SGD; batch 128, 60 000 examples on the device):
   - per-step loops over pre-made device batches, jitted with donated buffers: `make_step`
-    against plain JAX written with `jax.example_libraries` (stax layers, its sgd/adam);
+    against plain JAX written with `jax.example_libraries` (stax layers, its sgd/adam), once
+    discarding the loss and once returning it (`value_and_grad`) as `make_step` does;
   - whole epochs: a bare `lax.scan` of `make_step` over the permuted device-resident epoch,
     against `fn.train.fit`'s epoch program (guarded; with and without the update-ratio
     sampling) and against `fit` itself (one epoch per call).
@@ -29,7 +30,7 @@ from mlp import BATCH, WORKLOADS, data, device_batches, funcnn_model, funcnn_opt
 LOSS = fn.losses.softmax_cross_entropy
 
 
-def stax_loop(spec, batches):
+def stax_loop(spec, batches, *, with_loss=False):
     acts = {"relu": stax.Relu, "sigmoid": stax.Sigmoid, "tanh": stax.Tanh}
     layers = []
     for width, act in zip(spec["sizes"][1:-1], spec["activations"]):
@@ -44,10 +45,11 @@ def stax_loop(spec, batches):
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def step(opt_state, count, x, y):
-        grads = jax.grad(loss)(get_params(opt_state), x, y)
-        return opt_update(count, grads, opt_state), count + 1
+        value, grads = jax.value_and_grad(loss)(get_params(opt_state), x, y)
+        return opt_update(count, grads, opt_state), count + 1, (value if with_loss else None)
 
-    return looped(step, (opt_init(params), jnp.int32(0)), batches)
+    return looped(lambda opt_state, count, x, y: step(opt_state, count, x, y)[:2],
+                  (opt_init(params), jnp.int32(0)), batches)
 
 
 def make_step_loop(spec, batches):
@@ -130,6 +132,7 @@ def main():
     for name in (["A", "B"] if args.workload == "both" else [args.workload]):
         spec = WORKLOADS[name]
         steps = {"stax loop (plain JAX)": lambda: stax_loop(spec, batches),
+                 "stax loop returning the loss": lambda: stax_loop(spec, batches, with_loss=True),
                  "make_step loop": lambda: make_step_loop(spec, batches)}
         if args.only != "epochs":
             report(f"{name}: per-step loops", measure(steps, batch=BATCH, seconds=args.seconds,

@@ -143,7 +143,7 @@ def _ensemble_program(model, loss, optimizer, regularizer, hand_written, batch_s
     """`fn.train`'s epoch program, vmapped over members (their carries, keys and batch orders;
     the data is shared): one compiled program trains every member."""
     step = _train.make_step(model, loss, optimizer, regularizer=regularizer,
-                            hand_written=hand_written)
+                            hand_written=hand_written, with_accuracy=True)
     epoch = _train.make_epoch(step, batch_size, augment, ratio_every=_train.UpdateRatio().every)
     return jax.jit(jax.vmap(epoch, in_axes=(0, None, None, 0, 0)))
 

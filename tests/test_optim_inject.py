@@ -44,9 +44,11 @@ def test_every_alias_holds_its_numeric_hyperparameters(opt, expected):
     assert O.hyperparams(O.sgd(0.1).init(_params())) == {"learning_rate": 0.1}
 
 
-def test_sgd_without_momentum_keeps_no_velocity():
+def test_sgd_without_momentum_keeps_no_velocity_and_no_unread_counter():
     state = O.sgd(0.1).init(_params())
-    assert len(state.inner_state) == 1 and isinstance(state.inner_state[0], O.CountState)
+    assert len(state.inner_state) == 1 and state.inner_state[0] == O.EmptyState()
+    assert isinstance(O.scale_by_learning_rate(O.schedules.constant(0.1)).init(_params()),
+                      O.CountState)   # a schedule reads the count
     momentum = O.sgd(0.1, momentum=0.9).init(_params())
     assert isinstance(momentum.inner_state[0], O.TraceState)
 

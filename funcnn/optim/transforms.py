@@ -35,6 +35,17 @@ def _zero_count():
     return jnp.zeros([], jnp.int32)
 
 
+def _schedule_state(*hypers):
+    """A `CountState` when a hyper-parameter is a schedule (it reads the count), else none: a
+    counter no one reads would cost a kernel and a buffer per step."""
+    return CountState(_zero_count()) if any(map(callable, hypers)) else EmptyState()
+
+
+def _counted(state):
+    """The state after one more update."""
+    return CountState(state.count + 1) if isinstance(state, CountState) else state
+
+
 def _cast(x, like):
     """A (possibly traced, possibly float64) scalar in the dtype of array `like`."""
     return jnp.asarray(x, like.dtype)
@@ -56,12 +67,12 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransform
     """Descent step: u = −α_t·g, α a float or schedule; t = 0 for the first update."""
     def init(params):
         del params
-        return CountState(_zero_count())
+        return _schedule_state(learning_rate)
 
     def update(updates, state, params=None, **extra):
-        lr = _at(learning_rate, state.count)
+        lr = _at(learning_rate, getattr(state, "count", None))
         updates = jax.tree.map(lambda g: -_cast(lr, g) * g, updates)
-        return updates, CountState(state.count + 1)
+        return updates, _counted(state)
 
     return GradientTransformation(init, update)
 
@@ -185,14 +196,14 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule, mask=weights_only
     """
     def init(params):
         del params
-        return CountState(_zero_count())
+        return _schedule_state(weight_decay)
 
     def update(updates, state, params=None, **extra):
         require_params(params, "add_decayed_weights")
-        lam = _at(weight_decay, state.count)
+        lam = _at(weight_decay, getattr(state, "count", None))
         updates = jax.tree.map(lambda keep, u, p: u + _cast(lam, p) * p if keep else u,
                                resolve_mask(mask, params), updates, params)
-        return updates, CountState(state.count + 1)
+        return updates, _counted(state)
 
     return GradientTransformation(init, update)
 

@@ -73,7 +73,8 @@ class _Config(NamedTuple):
 
 def _epoch_program(config: _Config):
     step = make_step(config.model, config.loss, config.optimizer, regularizer=config.regularizer,
-                     hand_written=config.hand_written, compute_dtype=config.compute_dtype)
+                     hand_written=config.hand_written, compute_dtype=config.compute_dtype,
+                     with_accuracy=True)
     if config.mesh is not None:
         step = parallel.data_parallel(step, config.mesh)
     return jax.jit(make_epoch(step, config.batch_size, config.augment,

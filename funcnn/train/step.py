@@ -38,16 +38,17 @@ def update_ratios(params, updates) -> dict:
 
 
 def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
-              compute_dtype=None):
+              compute_dtype=None, with_accuracy=False):
     """A pure, jittable `step(params, state, opt_state, x, y, key) -> (params, state,
     opt_state, metrics)`: gradients of loss(model(x), y) (+ regularizer(params)), one optimizer
     update, params + updates.
 
     Gradients come from `jax.grad`, or with `hand_written=True` from the layers' hand-written
     rules (`fn.backprop`; the regularizer's hand-written `.grad`). The optimizer receives
-    `value=loss` (for `reduce_on_plateau`). metrics: "loss" (the data loss), "accuracy"
-    (classification only), "penalty" (with a regularizer: one more evaluation of it) — no
-    norms or checks over the parameters, so a loop of steps runs as fast as the bare arithmetic.
+    `value=loss` (for `reduce_on_plateau`). metrics: "loss" (the data loss), "penalty" (with a
+    regularizer), and with `with_accuracy=True` "accuracy" (classification only; `fit` asks for
+    it) — no norms or checks over the parameters, so a loop of steps runs as fast as the bare
+    arithmetic.
 
     Mixed precision (off by default): with `compute_dtype=jnp.bfloat16` the forward and backward
     passes run on the parameters and inputs cast to bfloat16, the loss in float32; gradients
@@ -63,27 +64,27 @@ def make_step(model, loss, optimizer, *, regularizer=None, hand_written=False,
             value, outputs, new_state, grads = run_backward(compute(params), state, compute(x), y,
                                                             key=key, train=True)
             grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+            metrics = {"loss": value}
             if regularizer is not None:
                 grads = jax.tree.map(jnp.add, grads, regularizer.grad(params))
-            return value, outputs, new_state, grads
+                metrics["penalty"] = regularizer(params)
+            return metrics, outputs, new_state, grads
 
         def objective(p):
             outputs, new_state = model.apply(compute(p), state, compute(x), key=key, train=True)
-            value = loss(backprop.at_least_float32(outputs), y)
-            total = value if regularizer is None else value + regularizer(p)
-            return total, (value, outputs, new_state)
+            metrics = {"loss": loss(backprop.at_least_float32(outputs), y)}
+            if regularizer is not None:
+                metrics["penalty"] = regularizer(p)
+            return sum(metrics.values()), (metrics, outputs, new_state)
 
-        (_, (value, outputs, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        return value, outputs, new_state, grads
+        (_, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return (*aux, grads)
 
     def step(params, state, opt_state, x, y, key):
-        value, outputs, new_state, grads = gradients(params, state, x, y, key)
+        metrics, outputs, new_state, grads = gradients(params, state, x, y, key)
         new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, state)
-        updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
-        metrics = {"loss": value}
-        if regularizer is not None:
-            metrics["penalty"] = regularizer(params)
-        acc = accuracy(outputs, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params, value=metrics["loss"])
+        acc = accuracy(outputs, y) if with_accuracy else None
         if acc is not None:
             metrics["accuracy"] = acc
         return apply_updates(params, updates), new_state, opt_state, metrics
