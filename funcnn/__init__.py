@@ -10,10 +10,14 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("nn", "losses", "init", "regularizers", "optim", "backprop", "gradcheck", "train",
-               "data", "diagnostics", "tune", "ensemble", "checkpoint", "plot", "parallel")
+               "data", "diagnostics", "tune", "ensemble", "checkpoint", "plot", "parallel",
+               "summarize", "generate")
+_FUNCTIONS = {"summary": "summarize"}   # fn.summary(model, in_shape), from funcnn.summarize
 
 
 def __getattr__(name):
+    if name in _FUNCTIONS:
+        return getattr(importlib.import_module(f"funcnn.{_FUNCTIONS[name]}"), name)
     if name in _SUBMODULES:
         try:
             return importlib.import_module(f"funcnn.{name}")
@@ -24,4 +28,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_SUBMODULES))
+    return sorted(list(globals()) + list(_SUBMODULES) + list(_FUNCTIONS))
