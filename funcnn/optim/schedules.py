@@ -154,7 +154,8 @@ def momentum_ramp(steps: int, init_value: float = 0.5, end_value: float = 0.99) 
 
 class PlateauState(NamedTuple):
     scale: jax.Array        # the factor the updates are multiplied by, initially 1
-    best: jax.Array         # the best (mean) value so far
+    best: jax.Array         # the best (mean) value so far; 0 while `has_best` is False
+    has_best: jax.Array     # False before the first improvement (torch's best = +inf)
     bad_steps: jax.Array    # values since the last improvement (torch: num_bad_epochs)
     cooldown: jax.Array     # values left before bad values count again
     value_sum: jax.Array    # sum of the values of the current accumulation window
@@ -175,7 +176,8 @@ def reduce_on_plateau(factor: float = 0.5, patience: int = 10, threshold: float 
     that completes the window. Place it after `scale_by_learning_rate` (or anywhere: it
     multiplies). Pass −metric to watch a value that should grow: that is torch's mode="max"
     (for best > 0, torch's "min" limit best·(1 − threshold) is the same as ours). `value` must
-    be a scalar. Unlike torch, a reduction smaller than 1e-8 is not skipped.
+    be a scalar. Unlike torch, a reduction smaller than 1e-8 is not skipped. Every leaf of the
+    state is finite while the values are: torch's initial best = +inf is the flag `has_best`.
     """
     if threshold_mode not in ("rel", "abs"):
         raise ValueError(f"reduce_on_plateau: threshold_mode must be 'rel' or 'abs', "
@@ -194,22 +196,22 @@ def reduce_on_plateau(factor: float = 0.5, patience: int = 10, threshold: float 
         del params
         real = jnp.result_type(float)
         zero = lambda: jnp.zeros([], jnp.int32)  # a new buffer each: donatable
-        return PlateauState(jnp.ones([], real), jnp.full([], jnp.inf, real), zero(), zero(),
-                            jnp.zeros([], real), zero())
+        return PlateauState(jnp.ones([], real), jnp.zeros([], real), jnp.zeros([], bool), zero(),
+                            zero(), jnp.zeros([], real), zero())
 
     def judge(state, v):
-        """One ReduceLROnPlateau.step(v): the new (scale, best, bad_steps, cooldown)."""
-        # best = +inf before the first window: inf − threshold·inf would be NaN.
+        """One ReduceLROnPlateau.step(v): the new (scale, best, has_best, bad_steps, cooldown)."""
         margin = threshold * jnp.abs(state.best) if threshold_mode == "rel" else threshold
-        limit = jnp.where(jnp.isinf(state.best), state.best, state.best - margin)
-        better = v < limit
+        # Before the first improvement torch's best is +inf: any v < inf improves (not NaN, inf).
+        better = jnp.where(state.has_best, v < state.best - margin, v < jnp.inf)
         best = jnp.where(better, v, state.best)
         in_cooldown = state.cooldown > 0
         bad = jnp.where(better | in_cooldown, 0, state.bad_steps + 1)
         cool = jnp.where(in_cooldown, state.cooldown - 1, state.cooldown)
         reduce = bad > patience
         scale = jnp.where(reduce, jnp.maximum(state.scale * factor, min_scale), state.scale)
-        return (scale, best, jnp.where(reduce, 0, bad), jnp.where(reduce, cooldown, cool))
+        return (scale, best, state.has_best | better, jnp.where(reduce, 0, bad),
+                jnp.where(reduce, cooldown, cool))
 
     def update(updates, state, params=None, *, value=None, **extra):
         if value is None:
@@ -222,9 +224,10 @@ def reduce_on_plateau(factor: float = 0.5, patience: int = 10, threshold: float 
         count = state.value_count + 1
         full = count == accumulation_size
         judged = judge(state, total / count.astype(total.dtype))
-        keep = (state.scale, state.best, state.bad_steps, state.cooldown)
-        scale, best, bad, cool = (jnp.where(full, new, old) for new, old in zip(judged, keep))
-        state = PlateauState(scale, best, bad, cool, jnp.where(full, 0, total),
+        keep = (state.scale, state.best, state.has_best, state.bad_steps, state.cooldown)
+        scale, best, has_best, bad, cool = (jnp.where(full, new, old)
+                                            for new, old in zip(judged, keep))
+        state = PlateauState(scale, best, has_best, bad, cool, jnp.where(full, 0, total),
                              jnp.where(full, 0, count))
         return jax.tree.map(lambda u: jnp.asarray(scale, u.dtype) * u, updates), state
 

@@ -77,17 +77,6 @@ def exploded(loss, reference, divergence, xp=jnp):
     return loss > xp.asarray(divergence, scale.dtype) * scale
 
 
-def _state_finite(new, old):
-    """Whether an optimizer state is finite: every array leaf, and every scalar leaf that was
-    finite before the step (a scalar may hold ±inf as a sentinel, e.g. reduce_on_plateau's best
-    value before its first judgement; it counts when it turns non-finite)."""
-    arrays = [leaf for leaf in jax.tree.leaves(new) if jnp.ndim(leaf) > 0]
-    scalars = [jnp.isfinite(n) | ~jnp.isfinite(o) for n, o in zip(jax.tree.leaves(new),
-                                                                jax.tree.leaves(old))
-               if jnp.ndim(n) == 0 and jnp.issubdtype(jnp.result_type(n), jnp.inexact)]
-    return all_finite(arrays) & jnp.all(jnp.stack(scalars)) if scalars else all_finite(arrays)
-
-
 class _Loop(NamedTuple):
     """The epoch loop's state: the next step, the end of a stretch being replayed one step at a
     time (≤ i when not replaying), the carry and the metric rows."""
@@ -98,10 +87,10 @@ class _Loop(NamedTuple):
     rows: Any
 
 
-def _sound(new: EpochCarry, old: EpochCarry):
-    """The full check of a stretch of steps: parameters and layer state finite, the optimizer
-    state finite by `_state_finite`'s rule."""
-    return all_finite(new.params, new.state) & _state_finite(new.opt_state, old.opt_state)
+def _sound(new: EpochCarry):
+    """The full check of a stretch of steps: every parameter, layer state and optimizer state
+    leaf finite (no transform keeps a non-finite sentinel in its state)."""
+    return all_finite(new.params, new.state, new.opt_state)
 
 
 def make_epoch(step, batch_size: int, augment: Callable | None = None, *,
@@ -179,7 +168,7 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *,
             _, after, rows, failed = jax.lax.while_loop(
                 lambda inner: (inner[0] < end) & ~inner[3], next_step,
                 (loop.i, loop.carry, loop.rows, jnp.array(False)))
-            ok = ~failed & _sound(after, loop.carry)
+            ok = ~failed & _sound(after)
             kept = jax.tree.map(lambda a, b: jnp.where(ok, a, b), after, loop.carry)
             bad_step = jnp.where(ok | ~replaying, -1, first + loop.i).astype(jnp.int32)
             return _Loop(jnp.where(ok, end, loop.i),
