@@ -133,8 +133,11 @@ def test_digits():
     x, y = fn.data.digits()
     assert x.shape == (1797, 8, 8, 1) and x.dtype == np.float32 and y.dtype == np.int32
     assert x.min() == 0.0 and x.max() == 1.0 and set(np.unique(y)) == set(range(10))
-    (a, _), (b, _) = fn.data.digits("train"), fn.data.digits("test")
-    assert len(a) + len(b) == 1797 and len(b) == 360
+    (a, ya), (b, yb) = fn.data.digits("train"), fn.data.digits("test")
+    assert len(a) == 1437 and len(b) == 360
+    np.testing.assert_array_equal(b, x[::5])                  # every fifth image, from the first
+    np.testing.assert_array_equal(np.sort(np.concatenate([ya, yb])), np.sort(y))
+    assert np.bincount(yb, minlength=10).min() >= 25           # every class in the test split
 
 
 def test_spiral_is_deterministic_in_its_key():
