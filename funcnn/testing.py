@@ -227,8 +227,9 @@ def check_layer(layer, in_shape, *, key=None, x=None, batch: int = 3) -> LayerRe
         report = gradcheck.check(model, losses.mean_squared_error, params, state, x, target,
                                  key=run_key)
         _expect(report.passed, str(report))
-        worst = max((leaf.worst for leaf in report.leaves + report.inputs), default=0.0)
-        return f"{len(report.points)} points, worst relative error {worst:.1e}"
+        leaves = report.leaves + getattr(report, "inputs", ())
+        worst = max((leaf.worst for leaf in leaves), default=0.0)
+        return f"{len(getattr(report, 'points', ())) or 1} point(s), worst relative error {worst:.1e}"
 
     for name, body in (("output_shape", output_shape), ("forward", forward), ("pure", pure),
                        ("eval", evaluation), ("dtypes", dtypes), ("jit", jitted),

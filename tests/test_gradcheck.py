@@ -147,7 +147,8 @@ def test_kink_coordinates_are_left_out_of_hand_vs_autodiff():
     model, params, state, x = _zero_dense(2)
     report = fn.gradcheck.check(model, abs_loss, params, state, x, jnp.zeros((4, 2)))
     assert report.passed, str(report)
-    assert all(leaf.kinks == leaf.sampled for leaf in report.leaves)
+    # at the given point every output sits on the kink; the moved points are off it
+    assert all(leaf.kinks == leaf.sampled for leaf in report.points[0].leaves)
 
 
 @pytest.mark.parametrize("wrong,match", [
@@ -165,3 +166,90 @@ def test_hand_gradient_of_the_wrong_shape_is_a_clear_error(wrong, match):
     with pytest.raises(ValueError, match=r"gradcheck\.check: expected the hand-written gradient.*"
                                          + match):
         fn.gradcheck.check(model, fn.losses.softmax_cross_entropy, *_problem(model))
+
+
+def _first_layer_with_input_grad(wrong):
+    """A Dense whose hand-written input gradient is `wrong(dx)`; its parameter gradient is right."""
+    honest = nn.Dense(10)
+
+    def backward(params, residuals, dy):
+        grads, dx = honest.backward(params, residuals, dy)
+        return grads, wrong(dx)
+
+    return dataclasses.replace(honest, name="WrongInputDense", backward=backward)
+
+
+@pytest.mark.parametrize("wrong", [jnp.zeros_like, lambda dx: dx.at[-1, -1].multiply(1.1)],
+                         ids=["zeroed", "last entry x1.1"])
+def test_wrong_input_gradient_of_the_first_layer_is_caught(wrong):
+    # The first layer's dx reaches no parameter: only the comparison of ∂L/∂x can see it.
+    model = nn.serial(_first_layer_with_input_grad(wrong), nn.Tanh(), nn.Dense(4))
+    report = fn.gradcheck.check(model, fn.losses.softmax_cross_entropy, *_problem(model))
+    assert not report.passed
+    assert all(leaf.passed for leaf in report.leaves), str(report)
+    (inputs,) = report.inputs
+    assert inputs.path == "input" and not inputs.passed and inputs.hand_vs_autodiff > 1e-3
+    assert inputs.autodiff_vs_numerical < 1e-7
+    assert "input" in str(report) and "exceeds tol" in str(report)
+    honest = nn.serial(nn.Dense(10), nn.Tanh(), nn.Dense(4))
+    assert fn.gradcheck.check(honest, fn.losses.softmax_cross_entropy,
+                              *_problem(honest)).passed
+
+
+def _batchnorm_dividing_by_scale():
+    """BatchNorm whose backward uses dy / scale for dy * scale: right while scale = 1."""
+    honest = nn.BatchNorm()
+
+    def backward(params, residuals, dy):
+        return honest.backward(dict(params, scale=1 / params["scale"]), residuals, dy)
+
+    return dataclasses.replace(honest, name="DividingBatchNorm", backward=backward)
+
+
+def test_bug_invisible_at_initialisation_is_caught_at_a_moved_point():
+    model = nn.serial(nn.Dense(5), _batchnorm_dividing_by_scale(), nn.Tanh(), nn.Dense(4))
+    problem = _problem(model)
+    single = fn.gradcheck.check(model, fn.losses.softmax_cross_entropy, *problem, points=1)
+    assert single.passed, str(single)   # at scale = 1 the bug has no effect
+    report = fn.gradcheck.check(model, fn.losses.softmax_cross_entropy, *problem)
+    assert not report.passed and len(report.points) == 3
+    assert report.points[0].passed and [p.index for p in report.failed_points] == [1, 2]
+    # the wrong dx of BatchNorm reaches the Dense below it and the model's input
+    assert "point 1 (parameters moved" in str(report) and "FAILED at 0/w, input" in str(report)
+    below = next(leaf for leaf in report.leaves if leaf.path == "0/w")
+    assert below.failed_points == (1, 2) and report.inputs[0].failed_points == (1, 2)
+
+
+def test_hinge_threshold_bug_is_caught_on_moved_points():
+    # `margins > -1` for `margins > 0` (the gradient's threshold at margin 2 for 1): with zero
+    # initial weights every margin is 1, none falls in (−1, 0], and only moved points see it.
+    hinge = fn.losses.multiclass_hinge
+    wrong = dataclasses.replace(hinge, name="wrong_hinge",
+                                grad_fn=lambda f, y, **kw: hinge.grad_fn(f, y, margin=2.0))
+    model = nn.serial(nn.Dense(4, w_init=fn.init.zeros))
+    problem = _problem(model)
+    assert fn.gradcheck.check(model, hinge, *problem).passed
+    assert fn.gradcheck.check(model, wrong, *problem, points=1).passed
+    report = fn.gradcheck.check(model, wrong, *problem)
+    assert not report.passed and report.points[0].passed, str(report)
+
+
+def test_entries_tiny_against_their_leaf_are_judged_against_the_leaf():
+    scale = 1e-3 * 0.73
+    # −2.35e-7 computed two ways differing by 2.35e-12: 1e-5 relative to itself, 4e-9 to the leaf
+    assert float(fn.gradcheck.relative_error(-2.35e-7, -2.35e-7 + 2.35e-12)) > 1e-6
+    assert float(fn.gradcheck.relative_error(-2.35e-7, -2.35e-7 + 2.35e-12, scale=scale)) < 1e-8
+    # a wrong entry as large as the leaf's scale still fails
+    assert float(fn.gradcheck.relative_error(0.73, 0.7373, scale=scale)) > 1e-3
+
+
+def test_vector_form_and_points_are_reported():
+    model = _mlp()
+    report = fn.gradcheck.check(model, fn.losses.softmax_cross_entropy, *_problem(model))
+    assert [p.index for p in report.points] == [0, 1, 2] and not report.failed_points
+    assert all(0 <= leaf.vector < 1e-7 for leaf in report.leaves + report.inputs)
+    assert "‖·‖ form" in str(report)
+    one = fn.gradcheck.check(model, fn.losses.softmax_cross_entropy, *_problem(model), points=1)
+    assert len(one.points) == 1
+    with pytest.raises(ValueError, match="points to be a positive int, received 0"):
+        fn.gradcheck.check(model, fn.losses.softmax_cross_entropy, *_problem(model), points=0)
