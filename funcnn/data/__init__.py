@@ -7,3 +7,4 @@ from funcnn.data.preprocessing import (
     MeanSubtraction, MinMax, Projection, Standardization, ZcaWhitening, fit_mean_subtraction,
     fit_min_max, fit_pca, fit_pca_whitening, fit_standardization, fit_zca_whitening, split)
 from funcnn.data.toy import digits, spiral
+from funcnn.data.text import CharText, char_text, text_windows

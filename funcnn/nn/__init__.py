@@ -9,4 +9,14 @@ from funcnn.nn.dense import Dense, Flatten
 from funcnn.nn.conv import AvgPool, Conv2D, L2Pool, MaxPool
 from funcnn.nn.maxout import Maxout
 from funcnn.nn.norm import BatchNorm
+from funcnn.nn.layer_norm import GroupNorm, LayerNorm, RMSNorm
+from funcnn.nn.embedding import Embedding
+from funcnn.nn.conv_transpose import ConvTranspose2D, GlobalAvgPool
+from funcnn.nn.activations import (Elu, Gelu, Silu, Softplus, elu, elu_prime, gelu, gelu_prime,
+                                   silu, silu_prime, softplus, softplus_prime)
 from funcnn.nn.stochastic import DropConnect, Dropout
+from funcnn.nn.recurrent import GRU, LSTM, SimpleRNN
+from funcnn.nn.bidirectional import Bidirectional
+from funcnn.nn.attention import (MultiHeadAttention, PositionalEmbedding,
+                                 SinusoidalPositionalEncoding)
+from funcnn.nn.transformer import TransformerBlock

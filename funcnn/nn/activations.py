@@ -2,14 +2,18 @@
 
 Every element-wise activation `f` comes with `f_prime(z)` = f'(z), the σ'(z) of the backprop
 equation δˡ = ((Wˡ⁺¹)ᵀδˡ⁺¹) ⊙ σ'(zˡ). Conventions at kinks: relu'(0) = leaky_relu'(0) = 0
-(the left derivative), hard_tanh'(±1) = 1 (the inside derivative); `jax.grad` of the
-functions below agrees with these choices. Softmax and log-softmax act on the last axis and
-have a full Jacobian, so they expose vector-Jacobian products `softmax_vjp` / `log_softmax_vjp`.
+(the left derivative), elu'(0) = α (the left one too), hard_tanh'(±1) = 1 (the inside
+derivative); `jax.grad` of the functions below agrees with these choices. Softmax and
+log-softmax act on the last axis and have a full Jacobian, so they expose vector-Jacobian
+products `softmax_vjp` / `log_softmax_vjp`.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import erf
 
 from funcnn.nn.core import (Layer, along_last_axis, check_floating, check_in_shape,
                             in_param_dtypes, promoted)
@@ -95,6 +99,66 @@ def log_softmax(z):
 def log_softmax_vjp(y, dy):
     """VJP of log-softmax from its output y: ∂L/∂z = dy − softmax(z)·Σ_j dy_j, softmax = e^y."""
     return dy - jnp.exp(y) * jnp.sum(dy, axis=-1, keepdims=True)
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+_GELU_CUBIC = 0.044715
+
+
+def _gelu_inner(z):
+    return _SQRT_2_OVER_PI * (z + _GELU_CUBIC * z * z * z)
+
+
+def gelu(z, approximate=False):
+    """GELU (Hendrycks & Gimpel 2016): z·Φ(z) = ½z(1 + erf(z/√2)), Φ the standard normal CDF;
+    `approximate=True`: the tanh form ½z(1 + tanh(√(2/π)(z + 0.044715z³)))."""
+    if approximate:
+        return 0.5 * z * (1 + jnp.tanh(_gelu_inner(z)))
+    return 0.5 * z * (1 + erf(z * _SQRT_HALF))
+
+
+def gelu_prime(z, approximate=False):
+    """Exact: Φ(z) + z·φ(z), φ(z) = e^{−z²/2}/√(2π). Tanh form, t = tanh(u), u = √(2/π)(z +
+    0.044715z³): ½(1 + t) + ½z(1 − t²)·√(2/π)(1 + 3·0.044715z²)."""
+    if approximate:
+        t = jnp.tanh(_gelu_inner(z))
+        du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * z * z)
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * du
+    cdf = 0.5 * (1 + erf(z * _SQRT_HALF))
+    return cdf + z * jnp.exp(-0.5 * z * z) * _INV_SQRT_2PI
+
+
+def silu(z):
+    """SiLU / swish (Elfwing et al. 2017; Ramachandran et al. 2017): z·σ(z)."""
+    return z * jax.nn.sigmoid(z)
+
+
+def silu_prime(z):
+    """σ(z)(1 + z(1 − σ(z)))."""
+    s = jax.nn.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+def elu(z, alpha=1.0):
+    """ELU (Clevert et al. 2015): z for z > 0, α(e^z − 1) otherwise."""
+    return jnp.where(z > 0, z, alpha * jnp.expm1(jnp.minimum(z, 0)))
+
+
+def elu_prime(z, alpha=1.0):
+    """1 for z > 0, α·e^z otherwise (α at 0, the left derivative; a kink unless α = 1)."""
+    return jnp.where(z > 0, jnp.ones_like(z), alpha * jnp.exp(jnp.minimum(z, 0)))
+
+
+def softplus(z):
+    """log(1 + e^z), computed as max(z, 0) + log1p(e^{−|z|}) (no overflow)."""
+    return jnp.logaddexp(z, jnp.zeros_like(z))
+
+
+def softplus_prime(z):
+    """σ(z)."""
+    return jax.nn.sigmoid(z)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,3 +302,30 @@ def Softmax() -> Layer:
 def LogSoftmax() -> Layer:
     """log-softmax over the last axis; backward dy − softmax(z)·Σdy."""
     return _from_output("LogSoftmax", log_softmax, log_softmax_vjp)
+
+
+@value_factory
+def Gelu(approximate: bool = False) -> Layer:
+    """GELU: z·Φ(z) (exact, erf; torch GELU(approximate="none")) or, with `approximate=True`,
+    the tanh form (torch GELU(approximate="tanh")); backward dy ⊙ gelu_prime(z)."""
+    return _elementwise("Gelu", lambda z: gelu(z, approximate),
+                        lambda z: gelu_prime(z, approximate))
+
+
+@value_factory
+def Silu() -> Layer:
+    """SiLU / swish z·σ(z) (torch SiLU); backward dy ⊙ σ(z)(1 + z(1 − σ(z)))."""
+    return _elementwise("Silu", silu, silu_prime)
+
+
+@value_factory
+def Elu(alpha: float = 1.0) -> Layer:
+    """ELU: z if z > 0 else α(e^z − 1) (torch ELU(alpha)); backward dy ⊙ (1 or α·e^z)."""
+    return _elementwise("Elu", lambda z: elu(z, alpha), lambda z: elu_prime(z, alpha), _sign_of)
+
+
+@value_factory
+def Softplus() -> Layer:
+    """log(1 + e^z); backward dy ⊙ σ(z). torch Softplus() returns z itself above z = 20 (its
+    `threshold`), a relative difference below 1e-10 there."""
+    return _elementwise("Softplus", softplus, softplus_prime)
