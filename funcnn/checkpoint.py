@@ -103,7 +103,7 @@ def _decode(spec, arrays: list, where: str = ""):
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
         raise malformed("a number, string, bool or null", value)
-    if kind not in _VALUE_TYPES:
+    if not isinstance(kind, str) or kind not in _VALUE_TYPES:   # a list kind is unhashable
         raise malformed(f"a kind in {sorted(_VALUE_TYPES) + ['scalar']}", kind)
     if not isinstance(value, _VALUE_TYPES[kind]) or isinstance(value, bool):
         raise malformed(f"the value of kind {kind!r} as a JSON {_JSON_NAMES[_VALUE_TYPES[kind]]}",

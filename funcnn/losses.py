@@ -10,8 +10,10 @@ over the classes of an example and average over the batch. Labels are int class 
 (batch,) or probability rows of shape (batch, classes) where the docstring says so, told apart by
 rank (rows may be of any dtype, e.g. one-hot ints).
 
-Floating inputs narrower than float32 (float16, bfloat16) are widened to float32 for the value
-and the gradient; `.grad` returns the outputs' dtype.
+Dtypes: the value and the gradient are computed in the inputs' promoted floating dtype, at
+least float32: float16 and bfloat16 are widened, int and bool outputs or targets are cast (int
+class ids stay ints), so mixed dtypes work under `jax_numpy_dtype_promotion="strict"` too;
+`.grad` returns the outputs' dtype (float32 for int or bool outputs).
 
 Refused, for the value and the gradient alike: complex outputs or targets (`TypeError`), an
 empty batch (`ValueError` naming the loss and the shape: a mean over nothing is no loss), and,
@@ -44,19 +46,24 @@ class Loss:
     branches_fn: Callable[..., Any] | None = None
 
     def __call__(self, outputs, targets, **kwargs):
-        outputs, targets = _widen(outputs), _widen(targets)
-        self._check(outputs, targets)
-        return self.value_fn(outputs, targets, **kwargs)
+        return self.value_fn(*self._prepare(outputs, targets), **kwargs)
 
     def grad(self, outputs, targets, **kwargs):
-        """∂loss/∂outputs in the outputs' dtype, from the hand-written formula (a pair for
-        `max_margin`, in the dtypes of its two arguments)."""
+        """∂loss/∂outputs in the outputs' dtype (float32 for int or bool outputs), from the
+        hand-written formula (a pair for `max_margin`, in the dtypes of its two arguments)."""
         outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
-        wide_outputs, wide_targets = _widen(outputs), _widen(targets)
-        self._check(wide_outputs, wide_targets)
-        grads = self.grad_fn(wide_outputs, wide_targets, **kwargs)
+        grads = self.grad_fn(*self._prepare(outputs, targets), **kwargs)
         like = (outputs, targets) if isinstance(grads, tuple) else outputs
         return jax.tree.map(lambda g, a: g.astype(a.dtype) if _is_floating(a) else g, grads, like)
+
+    def _prepare(self, outputs, targets):
+        """Check, then cast both to one real floating dtype (int class ids stay ints)."""
+        outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
+        self._check(outputs, targets)
+        dtype = _compute_dtype(outputs, targets)
+        class_ids = (_are_class_ids(targets, outputs)
+                     and jnp.issubdtype(targets.dtype, jnp.integer))
+        return outputs.astype(dtype), (targets if class_ids else targets.astype(dtype))
 
     def _check(self, outputs, targets):
         """Refuse complex numbers and an empty batch, then run the loss's own checks."""
@@ -91,10 +98,11 @@ def _is_floating(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
-def _widen(x):
-    """`x` as an array; floating point at least float32 (float16 overflows at 65504)."""
-    x = jnp.asarray(x)
-    return x.astype(jnp.float32) if _is_floating(x) and jnp.finfo(x.dtype).bits < 32 else x
+def _compute_dtype(*arrays):
+    """The dtype a loss computes in: the floating inputs' promoted dtype, at least float32
+    (float16 overflows at 65504); int and bool inputs are values in it (a 0/1 target, a score)."""
+    floats = [a.dtype for a in arrays if _is_floating(a)]
+    return max([jnp.dtype(jnp.float32), *floats], key=lambda dtype: dtype.itemsize)
 
 
 def _is_concrete(x) -> bool:
@@ -114,7 +122,7 @@ def _check_probabilities(name, check, logits_loss):
     """`check`, then refuse concrete probabilities outside [0, 1] (NaN is let through)."""
     def checked(probs, targets):
         check(probs, targets)
-        if _is_concrete(probs):
+        if _is_concrete(probs) and jnp.issubdtype(probs.dtype, jnp.number):   # bools: 0 or 1
             low, high = float(jnp.nanmin(probs)), float(jnp.nanmax(probs))
             if low < 0 or high > 1:
                 raise ValueError(f"{name}: expected probabilities in [0, 1], received "
@@ -180,8 +188,9 @@ def _clamped_log(p):
 
 
 def _hinge(m):
-    """max(m, 0) written so that autodiff gives 1[m > 0], the hand-written rule, also at m = 0."""
-    return jnp.where(m > 0, m, jnp.zeros_like(m))
+    """max(m, 0) written so that autodiff gives 1[m > 0], the hand-written rule, also at m = 0;
+    NaN stays NaN (a diverged model must not score a zero loss)."""
+    return jnp.where(m <= 0, jnp.zeros_like(m), m)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,7 +391,7 @@ def _multiclass_hinge(s, labels, margin=1.0, squared=False):
     Gradient: ∂L_i/∂s_j = 1[m_j > 0] for j≠y_i (2·m_j if squared), and −Σ_j of those for j=y_i;
     m_j = s_j − s_{y_i} + Δ, and a margin exactly 0 counts as inactive.
 
-    >>> float(multiclass_hinge(jnp.array([[3.2, 5.1, -1.7]]), jnp.array([0])))
+    >>> round(float(multiclass_hinge(jnp.array([[3.2, 5.1, -1.7]]), jnp.array([0]))), 4)
     2.9
     """
     margins, _ = _hinge_margins(s, labels, margin)

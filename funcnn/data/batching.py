@@ -4,6 +4,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from funcnn.nn.core import is_positive_int
+
 
 def batches(key, arrays, batch_size: int, *, drop_last: bool = True):
     """Yield tuples of mini-batches of `arrays` (a tuple sharing the leading axis), shuffled by `key`.
@@ -19,13 +21,17 @@ def batches(key, arrays, batch_size: int, *, drop_last: bool = True):
         raise ValueError(f"batches: expected a non-empty tuple of arrays sharing the leading "
                          f"axis, e.g. (x, y), received {received}")
     arrays = tuple(arrays)
+    if any(np.ndim(a) == 0 for a in arrays):
+        raise ValueError(f"batches: expected arrays with a leading (rows) axis, received shapes "
+                         f"{[np.shape(a) for a in arrays]}")
     n = len(arrays[0])
     for a in arrays:
         if len(a) != n:
             raise ValueError(f"batches: expected arrays with the same number of rows, received "
                              f"{[len(a) for a in arrays]}")
-    if not 0 < batch_size:
-        raise ValueError(f"batches: expected a positive batch_size, received {batch_size}")
+    if not is_positive_int(batch_size):
+        raise ValueError(f"batches: expected batch_size to be an int ≥ 1, received "
+                         f"{batch_size!r}")
     if drop_last and batch_size > n:
         raise ValueError(f"batches: expected batch_size <= the {n} rows with drop_last=True "
                          f"(else no batch at all), received batch_size {batch_size}")

@@ -10,18 +10,34 @@ validation or test set can never leak into the fit.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax.numpy as jnp
 
+from funcnn.nn.core import is_positive_int
+
 
 def _features(x):
-    """(batch, …) → (batch, features) in float32 or wider."""
+    """(batch, …) real → (batch, features) in float32 (float64 stays float64)."""
     x = jnp.asarray(x)
     if x.ndim < 2:
         raise ValueError(f"preprocessing: expected inputs of shape (batch, ...features), received "
                          f"shape {tuple(x.shape)}")
-    return x.reshape(x.shape[0], -1).astype(jnp.promote_types(x.dtype, jnp.float32))
+    if jnp.iscomplexobj(x):
+        raise TypeError(f"preprocessing: expected real inputs (float, int or bool), received "
+                        f"dtype {x.dtype}")
+    dtype = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+    return x.reshape(x.shape[0], math.prod(x.shape[1:])).astype(dtype)
+
+
+def _training(name, train):
+    """The training inputs as (batch, features), refusing an empty batch (no statistics)."""
+    f = _features(train)
+    if f.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one training example, received inputs of "
+                         f"shape {tuple(jnp.shape(train))}")
+    return f
 
 
 def _check_features(name, x, expected):
@@ -100,12 +116,12 @@ class ZcaWhitening(NamedTuple):
 
 def fit_mean_subtraction(train) -> MeanSubtraction:
     """Centre every feature on its training mean."""
-    return MeanSubtraction(jnp.mean(_features(train), axis=0))
+    return MeanSubtraction(jnp.mean(_training("fit_mean_subtraction", train), axis=0))
 
 
 def fit_standardization(train, eps=1e-8) -> Standardization:
     """Zero mean, unit variance per feature (population σ); σ < eps is left at 1."""
-    f = _features(train)
+    f = _training("fit_standardization", train)
     std = jnp.std(f, axis=0)
     return Standardization(jnp.mean(f, axis=0), jnp.where(std < eps, 1.0, std))
 
@@ -113,14 +129,14 @@ def fit_standardization(train, eps=1e-8) -> Standardization:
 def fit_min_max(train, low=-1.0, high=1.0) -> MinMax:
     """Map each feature's training range onto [low, high] (default [−1, 1]); constant
     features map to `low`."""
-    f = _features(train)
+    f = _training("fit_min_max", train)
     lo, hi = jnp.min(f, axis=0), jnp.max(f, axis=0)
     width = jnp.where(hi > lo, hi - lo, 1.0)
     return MinMax(lo, (high - low) / width, low)
 
 
-def _eigen(train):
-    f = _features(train)
+def _eigen(name, train):
+    f = _training(name, train)
     mean = jnp.mean(f, axis=0)
     centred = f - mean[None, :]
     covariance = centred.T @ centred / f.shape[0]
@@ -129,13 +145,13 @@ def _eigen(train):
 
 
 def _check_k(k, features):
-    if k is not None and not 0 < k <= features:
+    if k is not None and not (is_positive_int(k) and k <= features):
         raise ValueError(f"PCA: expected 1 ≤ k ≤ {features} components, received k={k}")
 
 
 def fit_pca(train, k=None) -> Projection:
     """Project onto the top-k principal components: y = (x − μ) U_k, shape (batch, k)."""
-    mean, values, vectors = _eigen(train)
+    mean, values, vectors = _eigen("fit_pca", train)
     _check_k(k, mean.shape[0])
     basis = vectors[:, :k]
     return Projection(mean, basis, jnp.ones(basis.shape[1], basis.dtype))
@@ -143,7 +159,7 @@ def fit_pca(train, k=None) -> Projection:
 
 def fit_pca_whitening(train, k=None, eps=1e-5) -> Projection:
     """PCA whitening: y = (x − μ) U_k / √(λ_k + ε) — decorrelated, unit-variance components."""
-    mean, values, vectors = _eigen(train)
+    mean, values, vectors = _eigen("fit_pca_whitening", train)
     _check_k(k, mean.shape[0])
     return Projection(mean, vectors[:, :k], 1.0 / jnp.sqrt(values[:k] + eps))
 
@@ -151,7 +167,7 @@ def fit_pca_whitening(train, k=None, eps=1e-5) -> Projection:
 def fit_zca_whitening(train, eps=1e-5) -> ZcaWhitening:
     """ZCA whitening: y = (x − μ) U diag(1/√(λ + ε)) Uᵀ — whitened but closest to the input,
     in the input's shape."""
-    mean, values, vectors = _eigen(train)
+    mean, values, vectors = _eigen("fit_zca_whitening", train)
     return ZcaWhitening(mean, vectors, 1.0 / jnp.sqrt(values + eps))
 
 
