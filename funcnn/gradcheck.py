@@ -204,8 +204,9 @@ def check(model: Layer, loss, params, state, x, y, *, key=None, train=True, samp
 
     Cost: the three programs (hand-written, autodiff, finite differences) compile once per
     check and run once per point; compilation dominates on small batches, so three points cost
-    about 1.1–1.4× one (the 784-64-16-10 net on 16 images: about 3 s on 2 CPU cores), and an
-    equal model checked again reuses the compiled programs (`fn.train.clear_caches` drops them).
+    about 1.1–1.4× one (the 784-64-16-10 net on 16 images, cold: about half the time of the
+    single-point check this replaced; benchmarks/gradcheck_timing.py), and an equal model
+    checked again reuses the compiled programs (`fn.train.clear_caches` drops them).
     """
     from funcnn.train.cache import compiled   # the one cache of compiled programs
 
