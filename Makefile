@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
 # Use the real MNIST files beside the repo (../shared/data/mnist) unless told otherwise.
 ifeq ($(origin FUNCNN_DATA_DIR), undefined)
@@ -12,7 +13,7 @@ ifeq ($(origin FUNCNN_DATA_DIR), undefined)
   endif
 endif
 
-.PHONY: example test venv
+.PHONY: example test venv docs
 example: $(STAMP)
 	$(PY) examples/mnist_mlp.py
 
@@ -20,6 +21,15 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 venv: $(STAMP)
+
+# The documentation site, built into site/ with warnings as errors (as CI builds it).
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+$(DOCS_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[docs]"
+	touch $(DOCS_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

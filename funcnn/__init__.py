@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = ("nn", "losses", "init", "regularizers", "optim", "backprop", "gradcheck", "train",
                "data", "diagnostics", "tune", "ensemble", "checkpoint", "plot", "parallel",
-               "summarize", "generate", "testing")
+               "summarize", "generate", "testing", "interop")
 _FUNCTIONS = {"summary": "summarize"}   # fn.summary(model, in_shape), from funcnn.summarize
 
 

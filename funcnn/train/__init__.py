@@ -6,6 +6,7 @@
     loop.py       fit: a short loop over epochs that runs the epoch program and the callbacks
     callbacks.py  EarlyStopping, ReduceLROnPlateau, Checkpoint, ProgressBar, CSVLogger,
                   JSONLLogger, UpdateRatio — values with an explicit, checkpointed memory
+    loggers.py    TensorBoard (scalars and parameter histograms; the tensorboardX extra)
     evaluate.py   evaluate, predict
     cache.py      the one cache of compiled programs, and clear_caches()
 
@@ -20,11 +21,12 @@ from funcnn.train.callbacks import (
     ReduceLROnPlateau, UpdateRatio)
 from funcnn.train.epoch import DIVERGENCE, EpochCarry, epoch_order, make_epoch, start
 from funcnn.train.evaluate import evaluate, predict
+from funcnn.train.loggers import TensorBoard
 from funcnn.train.loop import FitResult, TrainingDiverged, fit
 from funcnn.train.step import accuracy, make_step, update_ratios
 
 __all__ = ["CSVLogger", "Callback", "Changes", "Checkpoint", "DIVERGENCE", "EarlyStopping",
            "EpochCarry", "EpochInfo", "FitResult", "JSONLLogger", "ProgressBar",
-           "ReduceLROnPlateau", "TrainingDiverged", "UpdateRatio", "accuracy", "callbacks",
-           "clear_caches", "epoch_order", "evaluate", "fit", "make_epoch", "make_step",
+           "ReduceLROnPlateau", "TensorBoard", "TrainingDiverged", "UpdateRatio", "accuracy",
+           "callbacks", "clear_caches", "epoch_order", "evaluate", "fit", "make_epoch", "make_step",
            "predict", "start", "update_ratios"]
