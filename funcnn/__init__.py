@@ -13,6 +13,7 @@ _SUBMODULES = ("nn", "losses", "init", "regularizers", "optim", "backprop", "gra
                "data", "diagnostics", "tune", "ensemble", "checkpoint", "plot", "parallel",
                "summarize", "generate", "testing", "interop")
 _FUNCTIONS = {"summary": "summarize"}   # fn.summary(model, in_shape), from funcnn.summarize
+__all__ = ["__version__", *_SUBMODULES, *_FUNCTIONS]   # the public names __dir__ lists
 
 
 def __getattr__(name):

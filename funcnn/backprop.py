@@ -15,6 +15,9 @@ import numpy as np
 
 from funcnn.nn.core import Layer
 
+__all__ = ["at_least_float32", "cast_floats", "custom_vjp", "forward_backward", "loss_delta",
+           "value_and_grad"]
+
 
 def loss_delta(loss, outputs, y, **loss_kwargs):
     """δᴸ = ∂loss/∂outputs from the loss's hand-written `.grad`; `y` is data, so of a pair

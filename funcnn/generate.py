@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+__all__ = ["sample", "sample_logits"]
+
 
 def _check_options(where: str, temperature, top_k) -> None:
     if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)

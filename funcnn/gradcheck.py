@@ -38,6 +38,9 @@ from funcnn.gradcheck_points import check_points as _check_points
 from funcnn.nn.core import Layer, as_layer
 from funcnn.paths import leaf_paths
 
+__all__ = ["GradcheckReport", "LeafCheck", "PointCheck", "check", "numerical_grad",
+           "relative_error"]
+
 VERDICTS = ((1e-7, "good"), (1e-4, "acceptable only with kinks"), (1e-2, "uncomfortable"),
             (np.inf, "wrong"))
 _LANES = 64   # finite-difference evaluations per vectorised batch

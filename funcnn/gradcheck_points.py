@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["Point", "check_points", "is_floating"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Point:

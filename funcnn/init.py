@@ -17,6 +17,9 @@ import jax.numpy as jnp
 
 from funcnn.values import value_factory
 
+__all__ = ["constant", "fans", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform",
+           "lecun_normal", "normal", "ones", "sparse", "uniform", "zeros"]
+
 
 def fans(shape) -> tuple[int, int]:
     """(fan_in, fan_out) of a kernel: the last axis is the output, the one before the input,

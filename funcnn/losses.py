@@ -32,6 +32,10 @@ import numpy as np
 
 from funcnn.nn.core import describe_shape
 
+__all__ = ["Loss", "binary_cross_entropy", "l1", "log_likelihood", "max_margin",
+           "mean_squared_error", "multiclass_hinge", "multilabel_hinge", "multilabel_logistic",
+           "sigmoid_binary_cross_entropy", "softmax_cross_entropy"]
+
 LOG_FLOOR = -100.0  # log p is clamped here (as PyTorch's BCELoss) so p = 0 gives a finite loss
 
 

@@ -24,6 +24,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+__all__ = ["BATCH_AXIS", "batch_sharding", "check_batch_size", "data_parallel", "mesh", "replicate",
+           "replicated", "shard_batch"]
+
 BATCH_AXIS = "batch"
 
 

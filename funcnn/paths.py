@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import jax
 
+__all__ = ["leaf_paths"]
+
 
 def _entry(key) -> str:
     for attr in ("key", "idx", "name"):

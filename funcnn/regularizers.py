@@ -18,6 +18,8 @@ import jax.numpy as jnp
 
 from funcnn.optim.base import resolve_mask, weights_only
 
+__all__ = ["Regularizer", "elastic_net", "l1", "l2"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Regularizer:

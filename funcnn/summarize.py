@@ -23,6 +23,8 @@ import numpy as np
 
 from funcnn.nn.core import as_layer
 
+__all__ = ["Row", "Summary", "summary"]
+
 
 class Row(NamedTuple):
     path: str            # "3/1": layer 1 inside layer 3, as `fn.paths` names its parameters

@@ -23,6 +23,8 @@ import numbers
 from collections.abc import Mapping
 from typing import Any, Callable
 
+__all__ = ["Configured", "config_of", "describe", "tag", "value_factory"]
+
 
 class Configured:
     """A callable that behaves as `fn` and compares and hashes by `config`."""

@@ -22,6 +22,7 @@ import pytest
 from funcnn import nn
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.slow   # PyTorch parity: CI runs it (`pytest -m slow`)
 
 BATCH, TIME, D, HEADS = 3, 5, 8, 2
 # Key 0 is real in every row, so that with causal=True every query sees a key (torch gives NaN

@@ -96,6 +96,7 @@ PAGES = [page for page in sorted(DOCS.rglob("*.md"))
          if any(marker != "docs-test: skip" for _, marker, _ in code_blocks(page))]
 
 
+@pytest.mark.slow   # 10–25 s of compilation per page: CI runs it (`pytest -m slow`)
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
 def test_page_code_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)   # blocks may write files (run.csv, checkpoints)

@@ -8,3 +8,9 @@ from funcnn.data.preprocessing import (
     fit_min_max, fit_pca, fit_pca_whitening, fit_standardization, fit_zca_whitening, split)
 from funcnn.data.toy import digits, spiral
 from funcnn.data.text import CharText, char_text, text_windows
+
+__all__ = ["CharText", "MeanSubtraction", "MinMax", "Projection", "Standardization", "ZcaWhitening",
+           "augment", "batches", "char_text", "digits", "download", "fashion_mnist",
+           "fit_mean_subtraction", "fit_min_max", "fit_pca", "fit_pca_whitening",
+           "fit_standardization", "fit_zca_whitening", "mnist", "parse_idx", "spiral", "split",
+           "text_windows"]

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.ndimage import map_coordinates
 
+__all__ = ["elastic_distortion", "gaussian_noise", "random_rotation", "random_shift", "rotate"]
+
 
 def _check_images(name, images):
     if images.ndim != 4:

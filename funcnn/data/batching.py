@@ -6,6 +6,8 @@ import numpy as np
 
 from funcnn.nn.core import is_positive_int
 
+__all__ = ["batches"]
+
 
 def batches(key, arrays, batch_size: int, *, drop_last: bool = True):
     """Yield tuples of mini-batches of `arrays` (a tuple sharing the leading axis), shuffled by `key`.

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["DATASETS", "FASHION_MNIST", "IdxDataset", "IdxFile", "MNIST", "cache_dir", "download",
+           "fashion_mnist", "load", "mnist", "parse_idx"]
+
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 
 

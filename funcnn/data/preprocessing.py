@@ -17,6 +17,10 @@ import jax.numpy as jnp
 
 from funcnn.nn.core import is_positive_int
 
+__all__ = ["MeanSubtraction", "MinMax", "Projection", "Standardization", "ZcaWhitening",
+           "fit_mean_subtraction", "fit_min_max", "fit_pca", "fit_pca_whitening",
+           "fit_standardization", "fit_zca_whitening", "split"]
+
 
 def _features(x):
     """(batch, …) real → (batch, features) in float32 (float64 stays float64)."""

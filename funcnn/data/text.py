@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["CharText", "char_text", "text_windows"]
+
 
 def _code_points(text: str) -> np.ndarray:
     """The Unicode code points of `text` as uint32, without a Python loop."""

@@ -9,6 +9,8 @@ import numpy as np
 
 from funcnn.nn.core import is_positive_int
 
+__all__ = ["digits", "spiral"]
+
 DIGITS_TEST_EVERY = 5  # digits(split="test") is every fifth image: 360 of the 1797 (20 %)
 
 

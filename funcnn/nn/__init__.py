@@ -20,3 +20,14 @@ from funcnn.nn.bidirectional import Bidirectional
 from funcnn.nn.attention import (MultiHeadAttention, PositionalEmbedding,
                                  SinusoidalPositionalEncoding)
 from funcnn.nn.transformer import TransformerBlock
+
+__all__ = ["AvgPool", "BatchNorm", "Bidirectional", "Conv2D", "ConvTranspose2D", "Dense",
+           "DropConnect", "Dropout", "Elu", "Embedding", "Flatten", "GRU", "Gelu", "GlobalAvgPool",
+           "GroupNorm", "HardTanh", "Identity", "L2Pool", "LSTM", "Layer", "LayerNorm", "LeakyRelu",
+           "LogSoftmax", "MaxPool", "Maxout", "MultiHeadAttention", "PRelu", "PositionalEmbedding",
+           "RMSNorm", "Relu", "Sigmoid", "Silu", "SimpleRNN", "SinusoidalPositionalEncoding",
+           "Softmax", "Softplus", "Softsign", "Tanh", "TransformerBlock", "elu", "elu_prime",
+           "gelu", "gelu_prime", "hard_tanh", "hard_tanh_prime", "leaky_relu", "leaky_relu_prime",
+           "log_softmax", "log_softmax_vjp", "parallel", "relu", "relu_prime", "residual", "serial",
+           "sigmoid", "sigmoid_prime", "silu", "silu_prime", "softmax", "softmax_vjp", "softplus",
+           "softplus_prime", "softsign", "softsign_prime", "tanh", "tanh_prime"]

@@ -19,6 +19,13 @@ from funcnn.nn.core import (Layer, along_last_axis, check_floating, check_in_sha
                             in_param_dtypes, promoted)
 from funcnn.values import value_factory
 
+__all__ = ["Elu", "Gelu", "HardTanh", "Identity", "LeakyRelu", "LogSoftmax", "PRelu", "Relu",
+           "Sigmoid", "Silu", "Softmax", "Softplus", "Softsign", "Tanh", "elu", "elu_prime", "gelu",
+           "gelu_prime", "hard_tanh", "hard_tanh_prime", "leaky_relu", "leaky_relu_prime",
+           "log_softmax", "log_softmax_vjp", "relu", "relu_prime", "sigmoid", "sigmoid_prime",
+           "silu", "silu_prime", "softmax", "softmax_vjp", "softplus", "softplus_prime", "softsign",
+           "softsign_prime", "tanh", "tanh_prime"]
+
 
 def sigmoid(z):
     """σ(z) = 1 / (1 + e^{−z})."""

@@ -23,6 +23,9 @@ from funcnn.nn.core import (Layer, check_entry, check_in_shape, check_rank, desc
 from funcnn.nn.dense import affine, affine_backward
 from funcnn.values import value_factory
 
+__all__ = ["MultiHeadAttention", "PositionalEmbedding", "SinusoidalPositionalEncoding",
+           "masked_softmax", "sinusoids", "split_padding_mask"]
+
 _SEQUENCE = "(batch, time, features)"
 
 

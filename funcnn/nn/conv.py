@@ -26,6 +26,9 @@ from funcnn.nn.core import (Layer, along_last_axis, carried_shape, check_entry, 
                             is_positive_int, promoted, route_to_winner, shape_carrier)
 from funcnn.values import value_factory
 
+__all__ = ["AvgPool", "Conv2D", "L2Pool", "MaxPool", "auto_algorithm", "conv2d_as_gemm",
+           "conv2d_gemm_backward", "conv2d_input_grad", "conv2d_kernel_grad", "im2col"]
+
 _NHWC = "(batch, height, width, channels)"
 
 

@@ -19,6 +19,8 @@ from funcnn.nn.core import (Layer, along_last_axis, carried_shape, check_entry, 
                             promoted, shape_carrier)
 from funcnn.values import value_factory
 
+__all__ = ["ConvTranspose2D", "GlobalAvgPool"]
+
 
 def _as_conv_kernel(w):
     """(kh, kw, cin, cout) ↔ (kh, kw, cout, cin): the transpose's kernel as the kernel of the

@@ -37,6 +37,11 @@ from jax import lax
 
 from funcnn.values import config_of, describe, tag
 
+__all__ = ["Layer", "along_last_axis", "as_layer", "carried_shape", "check_entry", "check_floating",
+           "check_in_shape", "check_key", "check_last_dim", "check_rank", "child_key",
+           "describe_shape", "first_max", "in_param_dtypes", "is_positive_int", "parallel",
+           "promoted", "residual", "route_to_winner", "serial", "shape_carrier"]
+
 Shape = tuple[int, ...]
 
 

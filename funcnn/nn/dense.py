@@ -12,6 +12,8 @@ from funcnn.nn.core import (Layer, along_last_axis, carried_shape, check_entry, 
                             promoted, shape_carrier)
 from funcnn.values import value_factory
 
+__all__ = ["Dense", "Flatten", "affine", "affine_backward"]
+
 
 def affine(x, w, b):
     """z = x·W + b (b along the last axis), in the promoted dtype of x, W and b."""

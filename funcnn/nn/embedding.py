@@ -10,6 +10,8 @@ from funcnn.nn.core import (Layer, check_entry, check_in_shape, describe_shape, 
                             is_positive_int, promoted)
 from funcnn.values import value_factory
 
+__all__ = ["Embedding"]
+
 
 def _check_ids(ids, vocab: int) -> None:
     """Raise TypeError unless `ids` is an integer array with a batch axis, and — when its values

@@ -19,6 +19,8 @@ from funcnn.nn.core import (Layer, along_last_axis, check_entry, check_in_shape,
                             in_param_dtypes, is_positive_int, promoted, shape_carrier)
 from funcnn.values import value_factory
 
+__all__ = ["GroupNorm", "LayerNorm", "RMSNorm"]
+
 
 class _Residuals(NamedTuple):
     """x̂ (in the computing dtype), r = 1/√(σ² + ε) with the normalised axes kept as size 1,

@@ -10,6 +10,8 @@ from funcnn.nn.core import (Layer, check_entry, check_in_shape, check_last_dim, 
 from funcnn.nn.dense import affine, affine_backward
 from funcnn.values import value_factory
 
+__all__ = ["Maxout"]
+
 
 @value_factory
 def Maxout(out: int, pieces: int = 2, w_init=initializers.lecun_normal,

@@ -13,6 +13,8 @@ from funcnn.nn.core import (Layer, along_last_axis, check_entry, check_in_shape,
                             describe_shape, in_param_dtypes, promoted, shape_carrier)
 from funcnn.values import value_factory
 
+__all__ = ["BatchNorm"]
+
 
 class _BatchResiduals(NamedTuple):
     """Training pass: x̂ and 1/√(σ²_B + ε) from the batch statistics (the gradient flows

@@ -51,7 +51,8 @@ from funcnn.nn.core import (Layer, along_last_axis, check_entry, check_in_shape,
                             promoted)
 from funcnn.values import value_factory
 
-__all__ = ["GRU", "LSTM", "SimpleRNN"]
+__all__ = ["GRU", "LSTM", "SimpleRNN", "mask_cotangent", "reverse_time", "sequence_shape",
+           "split_sequence"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from funcnn.nn.core import (Layer, check_entry, check_floating, check_in_shape, 
 from funcnn.nn.dense import affine, affine_backward
 from funcnn.values import value_factory
 
+__all__ = ["DropConnect", "Dropout"]
+
 
 def _check_rate(name: str, rate) -> float:
     if not (isinstance(rate, numbers.Real) and not isinstance(rate, bool) and 0 <= rate < 1):

@@ -14,6 +14,8 @@ from funcnn.nn.dense import Dense
 from funcnn.nn.layer_norm import LayerNorm
 from funcnn.values import value_factory
 
+__all__ = ["TransformerBlock"]
+
 
 class _MaskedResiduals(NamedTuple):
     """The composed block's residuals of a pass over (x, mask), and that mask."""

@@ -23,3 +23,13 @@ from funcnn.optim.transforms import (
     TraceState, accumulate_gradients, add_decayed_weights, averaged_params, clip_by_global_norm,
     ema, l1_shrinkage, polyak, project_max_norm, scale_by_adagrad, scale_by_adam,
     scale_by_learning_rate, scale_by_rms, skip_not_finite, trace)
+
+__all__ = ["AccumulateState", "AdagradState", "AdamState", "CountState", "EmaState", "EmptyState",
+           "GradientTransformation", "InjectState", "PartitionState", "PlateauState", "RmsState",
+           "SkipState", "TraceState", "accumulate_gradients", "adagrad", "adam", "adamw",
+           "add_decayed_weights", "apply_updates", "averaged_params", "chain",
+           "clip_by_global_norm", "ema", "frozen", "hyperparams", "inject_hyperparams",
+           "l1_shrinkage", "lift", "partition", "polyak", "project_max_norm", "reduce_on_plateau",
+           "resolve_mask", "rmsprop", "scale_by_adagrad", "scale_by_adam", "scale_by_learning_rate",
+           "scale_by_rms", "schedules", "set_hyperparams", "sgd", "skip_not_finite", "trace",
+           "weights_only"]

@@ -22,6 +22,8 @@ from funcnn.optim.transforms import (
     scale_by_learning_rate, scale_by_rms, trace)
 from funcnn.values import value_factory
 
+__all__ = ["adagrad", "adam", "adamw", "rmsprop", "sgd"]
+
 
 def _check(alias: str, **hyperparams) -> None:
     """Raise a TypeError unless each value is a number (or numeric array) or a schedule."""

@@ -25,6 +25,9 @@ import jax.numpy as jnp
 from funcnn.paths import leaf_paths
 from funcnn.values import Configured, value_factory
 
+__all__ = ["EmptyState", "GradientTransformation", "all_finite", "apply_updates", "chain", "lift",
+           "require_params", "resolve_mask", "weights_only"]
+
 
 class GradientTransformation(NamedTuple):
     """An optimizer piece: a pair of pure functions.

@@ -21,6 +21,8 @@ from funcnn.optim.base import GradientTransformation
 from funcnn.optim.partition import PartitionState
 from funcnn.values import value_factory
 
+__all__ = ["InjectState", "hyperparams", "inject_hyperparams", "set_hyperparams"]
+
 # True while an inject_hyperparams builds its factory: an alias built then (e.g. the `adam` of
 # `inject_hyperparams(adam)`) is not injected again, the outer one holds the values.
 _INSIDE = contextvars.ContextVar("funcnn_optim_inside_inject", default=False)

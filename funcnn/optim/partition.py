@@ -19,6 +19,8 @@ from funcnn.optim.base import EmptyState, GradientTransformation
 from funcnn.paths import leaf_paths
 from funcnn.values import value_factory
 
+__all__ = ["PartitionState", "frozen", "partition"]
+
 _DEFAULT = "default"
 
 

@@ -20,6 +20,10 @@ import jax.numpy as jnp
 from funcnn.optim.base import GradientTransformation
 from funcnn.values import value_factory
 
+__all__ = ["PlateauState", "constant", "cosine", "exponential", "inverse_after", "inverse_power",
+           "inverse_time", "join", "momentum_ramp", "multistep", "polynomial", "reduce_on_plateau",
+           "step_decay", "warmup"]
+
 Schedule = Callable[[jax.Array], jax.Array]
 
 

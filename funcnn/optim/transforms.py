@@ -23,6 +23,12 @@ from funcnn.optim.base import (
 from funcnn.optim.schedules import Schedule
 from funcnn.values import value_factory
 
+__all__ = ["AccumulateState", "AdagradState", "AdamState", "CountState", "EmaState", "RmsState",
+           "SkipState", "TraceState", "accumulate_gradients", "add_decayed_weights",
+           "averaged_params", "clip_by_global_norm", "ema", "l1_shrinkage", "polyak",
+           "project_max_norm", "scale_by_adagrad", "scale_by_adam", "scale_by_learning_rate",
+           "scale_by_rms", "skip_not_finite", "trace"]
+
 ScalarOrSchedule = Union[float, Schedule]
 
 

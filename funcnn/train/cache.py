@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import jax
 
+__all__ = ["clear_caches", "compiled", "init_program"]
+
 MAX_PROGRAMS = 64
 _programs: OrderedDict = OrderedDict()
 

@@ -28,6 +28,10 @@ import numpy as np
 from funcnn import checkpoint, optim
 from funcnn.train.epoch import CHECK_EVERY
 
+__all__ = ["CSVLogger", "Callback", "Changes", "Checkpoint", "EarlyStopping", "EpochInfo",
+           "FunctionCallback", "JSONLLogger", "ProgressBar", "ReduceLROnPlateau", "UpdateRatio",
+           "as_callback", "flat_scalars", "learning_rates"]
+
 
 class EpochInfo(NamedTuple):
     """What a callback sees at the end of an epoch (or at the start or end of training)."""

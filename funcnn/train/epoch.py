@@ -21,6 +21,9 @@ from funcnn.optim.base import all_finite
 from funcnn.paths import leaf_paths
 from funcnn.train.step import update_ratios
 
+__all__ = ["DIVERGENCE", "EpochCarry", "epoch_order", "exploded", "make_epoch", "ratio_columns",
+           "start"]
+
 DIVERGENCE = 1e6   # default explosion bound: loss > 1e6·(|first loss| + 1) is divergence
 CHECK_EVERY = 32   # the parameters and states are checked in full every 32 steps
 

@@ -12,6 +12,9 @@ from funcnn.nn.core import is_positive_int
 from funcnn.train.cache import compiled
 from funcnn.train.step import accuracy
 
+__all__ = ["check_count", "check_labels", "check_pair", "evaluate", "evaluate_checked",
+           "output_shape", "outputs_program", "predict"]
+
 
 def check_count(name: str, what: str, value, most: tuple[int, str] | None = None) -> None:
     """Raise unless `value` is an int ≥ 1 (and ≤ `most`, a (bound, what the bound is) pair)."""

@@ -24,6 +24,8 @@ from funcnn.train.epoch import (
 from funcnn.train.evaluate import check_count, check_labels, check_pair, evaluate_checked
 from funcnn.train.step import make_step
 
+__all__ = ["FitResult", "TrainingDiverged", "epoch_logs", "fit"]
+
 
 class FitResult(NamedTuple):
     """What `fit` returns: the trained pytrees, the per-epoch history and the epochs run."""

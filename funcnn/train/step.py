@@ -12,6 +12,8 @@ from funcnn import backprop
 from funcnn.optim.base import apply_updates
 from funcnn.paths import leaf_paths
 
+__all__ = ["accuracy", "make_step", "update_ratios"]
+
 
 def accuracy(outputs, targets):
     """Fraction of rows whose arg-max output is the label (int ids, or the arg-max of rows);
