@@ -23,9 +23,9 @@ import pytest
 from funcnn import nn
 
 torch = pytest.importorskip(
-pytestmark = pytest.mark.slow   # PyTorch parity: CI runs it (`pytest -m slow`)
     "torch", reason="torch is the independent reference for the layers (test-only; "
                     "`pip install torch==2.13.0`, .ci/run installs it)")
+pytestmark = pytest.mark.slow   # PyTorch parity: CI runs it (`pytest -m slow`)
 F = torch.nn.functional
 
 RNG_SEED = 0

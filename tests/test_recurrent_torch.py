@@ -28,9 +28,9 @@ import pytest
 from funcnn import nn
 
 torch = pytest.importorskip(
-pytestmark = pytest.mark.slow   # PyTorch parity: CI runs it (`pytest -m slow`)
     "torch", reason="torch is the independent reference for the recurrent layers (test-only; "
                     "`pip install torch==2.13.0`, .ci/run installs it)")
+pytestmark = pytest.mark.slow   # PyTorch parity: CI runs it (`pytest -m slow`)
 
 TORCH = {"SimpleRNN": "RNN", "LSTM": "LSTM", "GRU": "GRU"}
 BATCH, TIME, FEATURES, HIDDEN = 3, 7, 4, 5
