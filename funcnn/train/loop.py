@@ -240,9 +240,9 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
 
     Parameters are initialised from split(key)[0] unless given; epoch e's shuffle, dropout
     masks and augmentation (`augment(key, x) -> x`, per batch) derive from
-    fold_in(split(key)[1], e), so a run is reproducible. After each epoch the `callbacks` (`fn.train.callbacks`, or functions
-    `(epoch, logs, result) -> bool`) see the logs and may stop, change hyper-parameters or
-    restore parameters; `early_stopping`, `progress` and `checkpoint_path` (with
+    fold_in(split(key)[1], e), so a run is reproducible. After each epoch the `callbacks`
+    (`fn.train.callbacks`, or functions `(epoch, logs, result) -> bool`) see the logs and may
+    stop, change hyper-parameters or restore parameters; `early_stopping`, `progress` and `checkpoint_path` (with
     `checkpoint_every`) add EarlyStopping, ProgressBar and Checkpoint. `resume=True`
     continues the run checkpointed there bit for bit, callbacks' memory included.
 
