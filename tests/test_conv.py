@@ -296,10 +296,19 @@ def _primitives(f, *args):
     """Every primitive in the jaxpr of f(*args), loop and jit bodies included."""
     names = []
 
+    def subjaxprs(value):   # jax.extend.core.jaxprs_in_params, which jax 0.8.0 lacks
+        if hasattr(value, "eqns"):
+            yield value
+        elif hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
+            yield value.jaxpr
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                yield from subjaxprs(item)
+
     def walk(jaxpr):
         for eqn in jaxpr.eqns:
             names.append(eqn.primitive.name)
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            for sub in subjaxprs(tuple(eqn.params.values())):
                 walk(sub)
 
     walk(jax.make_jaxpr(f)(*args).jaxpr)
