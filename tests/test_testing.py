@@ -132,3 +132,36 @@ def test_integer_inputs_and_bad_arguments():
         fn.testing.check_layer(object(), (3,))
     with pytest.raises(KeyError, match="no check named 'speed'"):
         fn.testing.check_layer(Scale(), (3,))["speed"]
+
+
+EVERY_LAYER = [   # every built-in layer, on shapes that expose axis mistakes (batch 3 ≠ any size)
+    (nn.Dense(4), (5,)), (nn.Flatten(), (2, 3, 2)), (nn.Identity(), (4,)),
+    (nn.Conv2D(3, (3, 2), strides=(2, 1)), (7, 5, 2)), (nn.MaxPool((2, 3)), (4, 6, 2)),
+    (nn.AvgPool((2, 2)), (4, 6, 2)), (nn.L2Pool((2, 2)), (4, 6, 2)), (nn.GlobalAvgPool(), (4, 5, 2)),
+    (nn.ConvTranspose2D(2, (3, 2), strides=2, padding="SAME"), (3, 4, 2)),
+    (nn.BatchNorm(), (4, 5, 2)), (nn.LayerNorm(), (4, 5)), (nn.GroupNorm(2), (4, 5, 4)),
+    (nn.RMSNorm(), (6,)), (nn.Maxout(4, 3), (5,)), (nn.Dropout(0.3), (6,)),
+    (nn.DropConnect(4, 0.3), (5,)), (nn.Relu(), (6,)), (nn.LeakyRelu(), (6,)), (nn.PRelu(), (4, 3)),
+    (nn.Sigmoid(), (6,)), (nn.Tanh(), (6,)), (nn.HardTanh(), (6,)), (nn.Softsign(), (6,)),
+    (nn.Softmax(), (6,)), (nn.LogSoftmax(), (6,)), (nn.Gelu(), (6,)), (nn.Silu(), (6,)),
+    (nn.Elu(), (6,)), (nn.Softplus(), (6,)),
+    (nn.SimpleRNN(4), (5, 3)), (nn.LSTM(4, return_sequences=False), (5, 3)), (nn.GRU(4), (5, 3)),
+    (nn.Bidirectional(nn.LSTM(3)), (4, 2)), (nn.MultiHeadAttention(2, causal=True), (5, 4)),
+    (nn.TransformerBlock(2, causal=True), (5, 4)), (nn.PositionalEmbedding(8), (5, 4)),
+    (nn.SinusoidalPositionalEncoding(), (5, 4)),
+    (nn.residual(nn.serial(nn.Dense(5), nn.Tanh())), (5,)),
+]
+
+
+@pytest.mark.slow   # about 40 layers, a few compilations each: CI runs it (`pytest -m slow`)
+@pytest.mark.parametrize("layer,in_shape", EVERY_LAYER, ids=lambda v: repr(v)[:40])
+def test_every_built_in_layer_passes_check_layer(layer, in_shape):
+    report = fn.testing.check_layer(layer, in_shape)
+    assert report.passed, str(report)
+
+
+@pytest.mark.slow
+def test_embedding_passes_check_layer_on_token_ids():
+    ids = jnp.asarray([[0, 3, 9], [9, 1, 1], [4, 4, 2]], jnp.int32)
+    report = fn.testing.check_layer(nn.Embedding(10, 4), (3,), x=ids)
+    assert report.passed, str(report)
