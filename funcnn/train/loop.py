@@ -175,7 +175,11 @@ def _resume(path, fresh: FitResult, callbacks, memories, key):
     stored_names = set(checkpoint.load(path).get("callbacks", {}))
     like = _snapshot(fresh, callbacks, memories, key, 0.0, False)
     like["callbacks"] = {k: m for k, m in like["callbacks"].items() if k in stored_names}
-    stored = checkpoint.load(path, like={**like, "history": ""})
+    stored, report = checkpoint.load(path, like={**like, "history": ""}, strict=False)
+    dropped = [name for name in report.unexpected if name.startswith("callbacks/")]
+    if report.missing or report.mismatched or len(dropped) != len(report.unexpected):
+        raise checkpoint.CheckpointError(f"fit: the checkpoint {path} does not fit this run "
+                                         f"(resume with the same model and optimizer): {report}")
     if not np.array_equal(jax.random.key_data(stored["key"]), jax.random.key_data(key)):
         raise ValueError(f"fit: the checkpoint {path} was written by a run with another key; "
                          f"pass the same key to resume it")
