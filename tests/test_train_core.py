@@ -38,7 +38,11 @@ def compilations():
     try:
         yield lambda: events.count("/jax/core/compile/backend_compile_duration")
     finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
+        if unregister is None:   # jax < 0.8.1 has only the private one
+            from jax._src.monitoring import (
+                _unregister_event_duration_listener_by_callback as unregister)
+        unregister(listener)
 
 
 def _info(epoch, logs, result):
