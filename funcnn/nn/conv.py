@@ -67,6 +67,13 @@ def _same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _conv_pads(padding: str, in_hw, kernel_hw, strides) -> tuple:
+    """((top, bottom), (left, right)) of a Conv2D with this padding on an input of size in_hw."""
+    if padding == "VALID":
+        return ((0, 0), (0, 0))
+    return tuple(_same_pads(n, k, s) for n, k, s in zip(in_hw, kernel_hw, strides))
+
+
 def _out_size(name: str, size: int, window: int, stride: int, pads=(0, 0)) -> int:
     padded = size + pads[0] + pads[1]
     if padded < window:
@@ -248,9 +255,7 @@ def Conv2D(features: int, kernel, strides=1, padding: str = "VALID", w_init=init
     _check_algorithm("Conv2D", algorithm, ("auto", "gemm", "xla"))
 
     def pads_for(in_hw):
-        if padding == "VALID":
-            return ((0, 0), (0, 0))
-        return tuple(_same_pads(n, k, s) for n, k, s in zip(in_hw, kernel_hw, strides))
+        return _conv_pads(padding, in_hw, kernel_hw, strides)
 
     def output_shape(in_shape):
         _check_in_shape("Conv2D", in_shape)

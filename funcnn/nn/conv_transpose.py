@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import init as initializers
-from funcnn.nn.conv import (_check_image, _check_in_shape, _conv, _pair, _same_pads,
+from funcnn.nn.conv import (_check_image, _check_in_shape, _conv, _conv_pads, _pair,
                             conv2d_input_grad, conv2d_kernel_grad)
 from funcnn.nn.core import (Layer, along_last_axis, carried_shape, check_entry, check_floating,
                             check_in_shape, describe_shape, in_param_dtypes, is_positive_int,
@@ -66,9 +66,7 @@ def ConvTranspose2D(features: int, kernel, strides=1, padding: str = "VALID",
 
     def conv_pads(y_hw):
         """The padding of the adjoint `Conv2D` on an input of y's size."""
-        if padding == "VALID":
-            return ((0, 0), (0, 0))
-        return tuple(_same_pads(n, k, s) for n, k, s in zip(y_hw, kernel_hw, strides))
+        return _conv_pads(padding, y_hw, kernel_hw, strides)
 
     def output_shape(in_shape):
         _check_in_shape("ConvTranspose2D", in_shape)
