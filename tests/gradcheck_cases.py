@@ -150,5 +150,5 @@ LOSSES = [
     LossCase("multiclass_hinge", L.multiclass_hinge, _labels),
     LossCase("multiclass_hinge squared margin 0.5", L.multiclass_hinge, _labels,
              kwargs={"squared": True, "margin": 0.5}),
-    LossCase("max_margin", L.max_margin, _normal, width=1),
+    LossCase("max_margin", L.max_margin, _normal, width=8),   # 8 corrupt scores per example
 ]

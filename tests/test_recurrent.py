@@ -69,10 +69,14 @@ class RecurrentGradientTest(chex.TestCase):
             assert_layer_gradients_compiled(layer, in_shape, seed=seed)
 
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.named_parameters(TABLE[1], TABLE[3])   # the layers' shared scan, masked too
+    @parameterized.named_parameters(*TABLE)
     def test_three_way_jitted_and_not(self, layer, in_shape, seed):
+        # With the layers' own (small, torch-uniform) weights some gradient entries are ~1e-3 of
+        # their leaf's largest: D(1e-5) leaves ~1e-11 round-off on them (1.4e-7 relative on
+        # LSTM(3)'s wh at seed 0), D(1e-4) ~1e-10 truncation (GRU(3)'s wi); Richardson's
+        # (4·D(1e-4) − D(2e-4))/3 has neither.
         with jax.enable_x64(True):
-            assert_layer_gradients(layer, in_shape, self.variant, seed=seed)
+            assert_layer_gradients(layer, in_shape, self.variant, seed=seed, richardson=True)
 
 
 def test_jit_vmap_value_and_grad_and_custom_vjp():
