@@ -7,7 +7,8 @@ Per workload (benchmarks/mlp.py's A: 784-512-512-10 ReLU Adam; B: the notes' 784
 sigmoid/tanh SGD; batch 128, 60 000 examples on the device):
   - per-step loops over pre-made device batches, jitted with donated buffers: `make_step`
     against plain JAX written with `jax.example_libraries` (stax layers, its sgd/adam), once
-    discarding the loss and once returning it (`value_and_grad`) as `make_step` does;
+    discarding the loss and once returning it (`value_and_grad`) as `make_step` does, and
+    `make_step` with its metrics returned or dropped inside the jit (equal work to each stax loop);
   - whole epochs: a bare `lax.scan` of `make_step` over the permuted device-resident epoch,
     against `fn.train.fit`'s epoch program (guarded; with and without the update-ratio
     sampling) and against `fit` itself (one epoch per call).
@@ -52,10 +53,13 @@ def stax_loop(spec, batches, *, with_loss=False):
                   (opt_init(params), jnp.int32(0)), batches)
 
 
-def make_step_loop(spec, batches):
+def make_step_loop(spec, batches, *, with_loss=True):
+    """`make_step` jitted as a user's loop would: returning its metrics (the loss), or with them
+    dropped inside the jit (so XLA never computes the loss value, as the plain stax loop)."""
     model, opt = funcnn_model(spec), funcnn_optimizer(spec)
     params, state = model.init(jax.random.key(0), (784,))
-    step = jax.jit(fn.train.make_step(model, LOSS, opt), donate_argnums=(0, 1, 2))
+    make = fn.train.make_step(model, LOSS, opt)
+    step = jax.jit(make if with_loss else lambda *args: make(*args)[:3], donate_argnums=(0, 1, 2))
     key = jax.random.key(1)
     return looped(lambda p, s, o, x, y: step(p, s, o, x, y, key)[:3],
                   (params, state, opt.init(params)), batches)
@@ -133,7 +137,9 @@ def main():
         spec = WORKLOADS[name]
         steps = {"stax loop (plain JAX)": lambda: stax_loop(spec, batches),
                  "stax loop returning the loss": lambda: stax_loop(spec, batches, with_loss=True),
-                 "make_step loop": lambda: make_step_loop(spec, batches)}
+                 "make_step loop": lambda: make_step_loop(spec, batches),
+                 "make_step loop, metrics dropped in the jit": lambda: make_step_loop(
+                     spec, batches, with_loss=False)}
         if args.only != "epochs":
             report(f"{name}: per-step loops", measure(steps, batch=BATCH, seconds=args.seconds,
                                                       repeats=args.repeats),

@@ -28,6 +28,7 @@ from funcnn.train.cache import compiled
 from funcnn.train.evaluate import outputs_program
 from funcnn.nn.core import Layer, child_key
 from funcnn.paths import leaf_paths
+from funcnn.hessian import classify_curvature, hessian_spectrum   # Lanczos on Hv
 
 update_ratios = _train.update_ratios   # ‖update‖ / ‖param‖ per leaf, keyed by leaf path
 
@@ -434,4 +435,5 @@ def overfit_check(model, loss, optimizer, x, y, *, key, examples: int = 20, step
 
 __all__ = ["LayerStats", "InitialLossCheck", "NonFiniteReport", "OverfitReport",
            "expected_initial_loss", "find_nonfinite", "format_stats", "initial_loss_check",
+           "classify_curvature", "hessian_spectrum",
            "layer_stats", "overfit_check", "ratio_health", "update_ratios"]

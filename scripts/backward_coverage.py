@@ -24,7 +24,9 @@ DEFAULT_TESTS = ["tests/test_nn.py", "tests/test_nn_values.py", "tests/test_nn_d
                  "tests/test_nn_modern.py", "tests/test_conv.py", "tests/test_norm.py",
                  "tests/test_maxout.py", "tests/test_stochastic.py", "tests/test_recurrent.py",
                  "tests/test_attention.py", "tests/test_losses.py", "tests/test_backprop.py",
-                 "tests/test_gradcheck.py", "tests/test_gradcheck_mutation.py"]
+                 "tests/test_gradcheck.py", "tests/test_gradcheck_mutation.py",
+                 "tests/test_losses_reduction.py", "tests/test_hierarchical_softmax.py",
+                 "tests/test_dropout_variants.py"]
 
 
 def rule_sources() -> list[Path]:

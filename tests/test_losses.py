@@ -180,7 +180,7 @@ def test_multilabel_grad_for_any_rank(loss, pm1, shape, x64):
 
 def test_multilabel_rejects_scalar_outputs():
     with pytest.raises(ValueError, match=r"multilabel_hinge: expected outputs of shape "
-                                         r"\(\.\.\., attributes\), received a scalar"):
+                                         r"\(\.\.\., attributes\), received shape \(\)"):
         L.multilabel_hinge(jnp.array(0.5), jnp.array(1.0))
 
 

@@ -122,3 +122,35 @@ def test_batches_cover_every_row_once_per_epoch():
     everything = np.concatenate([b[1] for b in data.batches(jax.random.key(1), (x, y), 3,
                                                              drop_last=False)])
     assert sorted(everything) == list(range(10))
+
+
+@pytest.mark.parametrize("per", ["pixel", "channel", "global"])
+def test_mean_subtraction_forms_match_numpy_fitted_on_train_only(per):
+    """The notes' three forms on (n, 4, 3, 2) images: the mean image, one mean per channel, one
+    global mean — computed from the training split and subtracted unchanged from the test split."""
+    rng = np.random.default_rng(3)
+    offsets = np.arange(24, dtype=np.float64).reshape(1, 4, 3, 2)
+    train = (rng.normal(size=(500, 4, 3, 2)) + offsets).astype(np.float32)
+    test = (rng.normal(size=(50, 4, 3, 2)) * 3 - 7).astype(np.float32)
+    axes = {"pixel": (0,), "channel": (0, 1, 2), "global": (0, 1, 2, 3)}[per]
+    mean = train.astype(np.float64).mean(axis=axes, keepdims=True)
+    prep, train_c, test_c = data.split(data.fit_mean_subtraction, train, test, per=per)
+    np.testing.assert_allclose(train_c, train - mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(test_c, test - mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(train_c).astype(np.float64).mean(axis=axes), 0,
+                               atol=1e-5)
+    chex.assert_shape(prep.mean, (24,))
+    chex.assert_trees_all_close(jax.jit(lambda p, x: p(x))(prep, test), test_c, atol=1e-6)
+
+
+def test_mean_subtraction_default_is_per_pixel_and_channels_of_flat_inputs_are_features(
+        correlated):
+    train, test = correlated
+    chex.assert_trees_all_equal(data.fit_mean_subtraction(train),
+                                data.fit_mean_subtraction(train, per="pixel"))
+    flat = train.reshape(-1, 6)
+    chex.assert_trees_all_close(data.fit_mean_subtraction(flat, per="channel"),
+                                data.fit_mean_subtraction(flat), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"fit_mean_subtraction: expected per='pixel', "
+                                         r"'channel' or 'global', received 'image'"):
+        data.fit_mean_subtraction(train, per="image")

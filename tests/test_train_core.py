@@ -396,3 +396,19 @@ def test_ctrl_c_mid_epoch_leaves_a_loadable_checkpoint(tmp_path):
     last = int(out.strip().splitlines()[-1].split()[-1])
     assert out.strip().splitlines()[-1].startswith("interrupted after") and last >= 1
     assert fn.checkpoint.load(path)["epoch"] == last
+
+
+def test_fit_trains_in_float64_under_strict_promotion(x64):
+    """Under x64 (int64 arg-max, float64 loss) fit keeps float64 parameters and trains: the
+    accuracy metric and the divergence bound used to mix int32/int64 and float32/float64."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 5)), rng.integers(0, 3, 64).astype(np.int32)
+    model = nn.serial(nn.Dense(8), nn.Tanh(), nn.Dense(3))
+    params, state = model.init(jax.random.key(0), (5,))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    result = fn.train.fit(model, fn.losses.softmax_cross_entropy, fn.optim.sgd(0.1), (x, y),
+                          params=params, state=state, epochs=4, batch_size=16,
+                          key=jax.random.key(1), progress=False)
+    chex.assert_trees_all_equal_dtypes(result.params, params)
+    losses = result.history["loss"]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses

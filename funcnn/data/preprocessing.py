@@ -51,7 +51,8 @@ def _check_features(name, x, expected):
 
 
 class MeanSubtraction(NamedTuple):
-    """x − μ, μ the per-feature training mean."""
+    """x − μ, μ (features,) the training mean of each feature: its own (per="pixel"), its
+    channel's (per="channel") or the one global mean (per="global"), see `fit_mean_subtraction`."""
 
     mean: jnp.ndarray
 
@@ -118,9 +119,29 @@ class ZcaWhitening(NamedTuple):
         return (white @ self.basis.T).reshape(jnp.shape(x))
 
 
-def fit_mean_subtraction(train) -> MeanSubtraction:
-    """Centre every feature on its training mean."""
-    return MeanSubtraction(jnp.mean(_training("fit_mean_subtraction", train), axis=0))
+_MEAN_FORMS = ("pixel", "channel", "global")
+
+
+def fit_mean_subtraction(train, per: str = "pixel") -> MeanSubtraction:
+    """Subtract the training mean in one of the notes' three forms; train: (batch, …, channels).
+
+    per="pixel" (default): μ[f] = (1/N) Σₙ x[n, f] for every feature f (every axis but the batch:
+    the "mean image"); per="channel": μ[c] = mean of x[n, …, c] over the batch and every axis but
+    the last (one mean per colour channel, as VGG); per="global": one mean of every entry. The
+    fitted μ is stored per feature (a channel's mean repeated at each of its pixels), so the
+    transform is x − μ for each form, and applies to inputs of the training inputs' shape.
+    """
+    if per not in _MEAN_FORMS:
+        raise ValueError(f"fit_mean_subtraction: expected per='pixel', 'channel' or 'global', "
+                         f"received {per!r}")
+    f = _training("fit_mean_subtraction", train)
+    if per == "pixel":
+        return MeanSubtraction(jnp.mean(f, axis=0))
+    shape = jnp.shape(train)[1:]
+    channels = shape[-1] if per == "channel" else 1
+    mean = jnp.mean(f.reshape(-1, channels), axis=0)          # (channels,) or (1,)
+    pixels = f.shape[1] // channels
+    return MeanSubtraction(jnp.tile(mean, pixels))
 
 
 def fit_standardization(train, eps=1e-8) -> Standardization:

@@ -14,20 +14,24 @@ from funcnn.nn.embedding import Embedding
 from funcnn.nn.conv_transpose import ConvTranspose2D, GlobalAvgPool
 from funcnn.nn.activations import (Elu, Gelu, Silu, Softplus, elu, elu_prime, gelu, gelu_prime,
                                    silu, silu_prime, softplus, softplus_prime)
-from funcnn.nn.stochastic import DropConnect, Dropout
+from funcnn.nn.stochastic import DropConnect, Dropout, mc_predict
 from funcnn.nn.recurrent import GRU, LSTM, SimpleRNN
 from funcnn.nn.bidirectional import Bidirectional
 from funcnn.nn.attention import (MultiHeadAttention, PositionalEmbedding,
                                  SinusoidalPositionalEncoding)
 from funcnn.nn.transformer import TransformerBlock
+from funcnn.nn.hierarchical_softmax import HierarchicalSoftmax, hierarchical_log_probs, with_labels
 
 __all__ = ["AvgPool", "BatchNorm", "Bidirectional", "Conv2D", "ConvTranspose2D", "Dense",
            "DropConnect", "Dropout", "Elu", "Embedding", "Flatten", "GRU", "Gelu", "GlobalAvgPool",
-           "GroupNorm", "HardTanh", "Identity", "L2Pool", "LSTM", "Layer", "LayerNorm", "LeakyRelu",
+           "GroupNorm", "HardTanh", "HierarchicalSoftmax", "Identity", "L2Pool", "LSTM", "Layer",
+           "LayerNorm", "LeakyRelu",
            "LogSoftmax", "MaxPool", "Maxout", "MultiHeadAttention", "PRelu", "PositionalEmbedding",
            "RMSNorm", "Relu", "Sigmoid", "Silu", "SimpleRNN", "SinusoidalPositionalEncoding",
            "Softmax", "Softplus", "Softsign", "Tanh", "TransformerBlock", "elu", "elu_prime",
-           "gelu", "gelu_prime", "hard_tanh", "hard_tanh_prime", "leaky_relu", "leaky_relu_prime",
-           "log_softmax", "log_softmax_vjp", "parallel", "relu", "relu_prime", "residual", "serial",
+           "gelu", "gelu_prime", "hard_tanh", "hard_tanh_prime", "hierarchical_log_probs",
+           "leaky_relu", "leaky_relu_prime",
+           "log_softmax", "log_softmax_vjp", "mc_predict",
+           "parallel", "relu", "relu_prime", "residual", "serial",
            "sigmoid", "sigmoid_prime", "silu", "silu_prime", "softmax", "softmax_vjp", "softplus",
-           "softplus_prime", "softsign", "softsign_prime", "tanh", "tanh_prime"]
+           "softplus_prime", "softsign", "softsign_prime", "tanh", "tanh_prime", "with_labels"]

@@ -5,9 +5,9 @@
     params = apply_updates(params, updates)
 
 `extra` carries side information that some transforms read (e.g. `value=loss` for
-`reduce_on_plateau`); every transform accepts and ignores what it does not use, so `chain`
-hands it to all of them. States are NamedTuples of arrays: they jit, vmap, flatten and
-checkpoint like any pytree.
+`reduce_on_plateau`, `value_fn=` params -> loss for `lbfgs`); every transform accepts and ignores
+what it does not use, so `chain` hands it to all of them. States are NamedTuples of arrays: they
+jit, vmap, flatten and checkpoint like any pytree.
 
 Masks (`mask=` of weight decay, max-norm, L1 shrinkage, regularizers) select leaves: a pytree
 of bools with the structure of params (or a prefix of it), or a function params -> such a tree.
@@ -26,7 +26,7 @@ from funcnn.paths import leaf_paths
 from funcnn.values import Configured, value_factory
 
 __all__ = ["EmptyState", "GradientTransformation", "all_finite", "apply_updates", "chain", "lift",
-           "require_params", "resolve_mask", "weights_only"]
+           "reads_value_fn", "require_params", "resolve_mask", "weights_only"]
 
 
 class GradientTransformation(NamedTuple):
@@ -147,3 +147,19 @@ def require_params(params, name: str):
     """Raise a clear error when a transform that reads the parameters was not given them."""
     if params is None:
         raise ValueError(f"{name} reads the parameters: call update(grads, state, params)")
+
+
+def reads_value_fn(transform) -> bool:
+    """Whether `transform`, or a transform inside it (e.g. a `chain`'s part), reads the objective
+    `value_fn=` (params -> loss) in its update, as `lbfgs` and `newton` do.
+
+    Such an update function carries the attribute `reads_value_fn = True`; the transforms inside
+    another are found through its configuration record (`funcnn.values`).
+    """
+    if isinstance(transform, GradientTransformation):
+        return reads_value_fn(transform.update)
+    if isinstance(transform, Configured):
+        return getattr(transform.fn, "reads_value_fn", False) or reads_value_fn(transform.config)
+    if isinstance(transform, tuple):
+        return any(reads_value_fn(part) for part in transform)
+    return getattr(transform, "reads_value_fn", False) is True

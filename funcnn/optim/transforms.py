@@ -89,14 +89,18 @@ class TraceState(NamedTuple):
 
 
 @value_factory
-def trace(decay: ScalarOrSchedule, nesterov: bool = False) -> GradientTransformation:
+def trace(decay: ScalarOrSchedule, nesterov: bool = False, ema: bool = False
+          ) -> GradientTransformation:
     """Momentum: v ← μ_t·v + g (v₀ = 0); output v, or g + μ_t·v with `nesterov`.
 
     μ (`decay`) is a float or schedule (e.g. `schedules.momentum_ramp`). Followed by
     `scale_by_learning_rate(α)` this is `torch.optim.SGD(momentum=μ, nesterov=..., dampening=0)`.
+    `ema=True` is the EMA form v ← μ_t·v + (1−μ_t)·g, output v or (1−μ_t)·g + μ_t·v: for a
+    constant μ, (1−μ) times the classical form (the same steps under the learning rate α/(1−μ)).
     """
     def leaf(g, v, mu):
         mu = _cast(mu, g)
+        g = (1 - mu) * g if ema else g
         v = mu * v + g
         return (g + mu * v if nesterov else v), v
 
@@ -138,15 +142,23 @@ class RmsState(NamedTuple):
     mean_square: Any   # s, like params
 
 
+def _root(v, eps, eps_in_sqrt: bool):
+    """√v + ε, or √(v + ε) with `eps_in_sqrt`."""
+    eps = _cast(eps, v)
+    return jnp.sqrt(v + eps) if eps_in_sqrt else jnp.sqrt(v) + eps
+
+
 @value_factory
-def scale_by_rms(decay: float = 0.99, eps: float = 1e-8) -> GradientTransformation:
+def scale_by_rms(decay: float = 0.99, eps: float = 1e-8, eps_in_sqrt: bool = False
+                 ) -> GradientTransformation:
     """RMSProp: s ← ρ·s + (1−ρ)·g² (s₀ = 0), output g / (√s + ε), ε outside the root.
 
     As `torch.optim.RMSprop(alpha=ρ, eps=ε)`; its `momentum=μ` is this followed by `trace(μ)`.
+    `eps_in_sqrt=True` puts ε inside the root: output g / √(s + ε) (Keras, optax's default).
     """
     def leaf(g, s):
         s = _cast(decay, s) * s + _cast(1 - decay, g) * g * g
-        return g / (jnp.sqrt(s) + _cast(eps, s)), s
+        return g / _root(s, eps, eps_in_sqrt), s
 
     def init(params):
         return RmsState(jax.tree.map(jnp.zeros_like, params))
@@ -165,18 +177,21 @@ class AdamState(NamedTuple):
 
 
 @value_factory
-def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                  eps_in_sqrt: bool = False, bias_correction: bool = True
+                  ) -> GradientTransformation:
     """Adam moments: m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², output m̂ / (√v̂ + ε).
 
     Bias-corrected m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ) at the t-th update (t = 1, 2, ...), as
-    `torch.optim.Adam`.
+    `torch.optim.Adam`. `bias_correction=False`: m̂ = m, v̂ = v (the notes' simplified Adam);
+    `eps_in_sqrt=True`: output m̂ / √(v̂ + ε).
     """
     def leaf(g, m, v, t):
         m = _cast(b1, m) * m + _cast(1 - b1, g) * g
         v = _cast(b2, v) * v + _cast(1 - b2, g) * g * g
-        m_hat = m / _cast(1 - b1 ** t, m)
-        v_hat = v / _cast(1 - b2 ** t, v)
-        return m_hat / (jnp.sqrt(v_hat) + _cast(eps, v)), m, v
+        m_hat = m / _cast(1 - b1 ** t, m) if bias_correction else m
+        v_hat = v / _cast(1 - b2 ** t, v) if bias_correction else v
+        return m_hat / _root(v_hat, eps, eps_in_sqrt), m, v
 
     def init(params):
         # Two separate trees: aliased buffers could not both be donated to a jitted update.

@@ -17,12 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn.optim.base import all_finite
+from funcnn import backprop
+from funcnn.optim.base import GradientTransformation, all_finite
 from funcnn.paths import leaf_paths
 from funcnn.train.step import update_ratios
 
-__all__ = ["DIVERGENCE", "EpochCarry", "epoch_order", "exploded", "make_epoch", "ratio_columns",
-           "start"]
+__all__ = ["DIVERGENCE", "EpochCarry", "epoch_order", "exploded", "full_batch_step", "make_epoch",
+           "ratio_columns", "start"]
 
 DIVERGENCE = 1e6   # default explosion bound: loss > 1e6·(|first loss| + 1) is divergence
 CHECK_EVERY = 32   # the parameters and states are checked in full every 32 steps
@@ -42,6 +43,34 @@ def start(params, state, opt_state, reference=float("inf")) -> EpochCarry:
     """An EpochCarry before any step of the epoch (the trees as given: not donated by `fit`)."""
     return EpochCarry(params, state, opt_state, jnp.array(-1, jnp.int32),
                       jnp.array(reference, jnp.float32))
+
+
+def full_batch_step(make_step: Callable, model, loss, optimizer, *, regularizer=None,
+                    compute_dtype=None):
+    """The step for an optimizer that reads the objective (`fn.optim.lbfgs`, `newton`): its
+    update also receives value_fn(p) = loss(model(p, x), y) + regularizer(p) on the step's batch
+    (`fit` makes it the whole training set), under the step's key and layer state, and
+    value = value_fn(params): the very function whose gradient the step takes.
+
+    `make_step(optimizer)` builds the ordinary step around a given optimizer.
+    """
+    compute = (lambda tree: tree) if compute_dtype is None else \
+        (lambda tree: backprop.cast_floats(tree, compute_dtype))
+
+    def step(params, state, opt_state, x, y, key):
+        def value_fn(p):
+            outputs, _ = model.apply(compute(p), state, compute(x), key=key, train=True)
+            value = loss(backprop.at_least_float32(outputs), y)
+            return value if regularizer is None else value + regularizer(p)
+
+        def update(grads, opt_state, params=None, **extra):
+            return optimizer.update(grads, opt_state, params,
+                                    **{**extra, "value": value_fn(params), "value_fn": value_fn})
+
+        reading = GradientTransformation(optimizer.init, update)
+        return make_step(reading)(params, state, opt_state, x, y, key)
+
+    return step
 
 
 def epoch_order(epoch_key, n: int, batch_size: int) -> np.ndarray:
@@ -141,7 +170,7 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *,
                 metrics = {**metrics, "update_ratio": jax.lax.cond(
                     sample, lambda: _ratio_row(params, before),
                     lambda: jnp.full((len(jax.tree.leaves(params)),), jnp.nan, jnp.float32))}
-            loss = metrics["loss"]
+            loss = metrics["loss"].astype(jnp.float32)   # the bound's scale, float64 runs too
             failed = ~jnp.isfinite(loss) | exploded(loss, carry.reference, divergence)
             reference = jnp.where(jnp.isinf(carry.reference), loss, carry.reference)
             return carry._replace(params=params, state=state, opt_state=opt_state,
@@ -181,7 +210,7 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *,
         loop = jax.lax.while_loop(lambda loop: (loop.i < steps) & (loop.carry.bad_step < 0),
                                   run_stretch, _Loop(jnp.int32(0), jnp.int32(0), carry, rows))
         applied = jnp.where(loop.carry.bad_step < 0, steps, loop.carry.bad_step - first)
-        unapplied = jnp.arange(steps) > applied   # the failed step's own row stays
+        unapplied = jnp.arange(steps, dtype=jnp.int32) > applied   # the failed step's own row stays
         rows = jax.tree.map(lambda r: jnp.where(
             unapplied.reshape((steps,) + (1,) * (r.ndim - 1)), jnp.nan, r)
             if jnp.issubdtype(r.dtype, jnp.inexact) else r, loop.rows)

@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnn import checkpoint, parallel
+from funcnn.optim.base import reads_value_fn
 from funcnn.train import callbacks as cbs
 from funcnn.train.cache import compiled, init_program
 from funcnn.train.epoch import (
-    DIVERGENCE, EpochCarry, epoch_order, exploded, make_epoch, ratio_columns, start)
+    DIVERGENCE, EpochCarry, epoch_order, exploded, full_batch_step, make_epoch, ratio_columns,
+    start)
 from funcnn.train.evaluate import check_count, check_labels, check_pair, evaluate_checked
 from funcnn.train.step import make_step
 
@@ -74,9 +76,13 @@ class _Config(NamedTuple):
 
 
 def _epoch_program(config: _Config):
-    step = make_step(config.model, config.loss, config.optimizer, regularizer=config.regularizer,
-                     hand_written=config.hand_written, compute_dtype=config.compute_dtype,
-                     with_accuracy=True)
+    make = lambda optimizer: make_step(config.model, config.loss, optimizer,
+                                       regularizer=config.regularizer,
+                                       hand_written=config.hand_written,
+                                       compute_dtype=config.compute_dtype, with_accuracy=True)
+    step = full_batch_step(make, config.model, config.loss, config.optimizer,
+                           regularizer=config.regularizer, compute_dtype=config.compute_dtype) \
+        if reads_value_fn(config.optimizer) else make(config.optimizer)
     if config.mesh is not None:
         step = parallel.data_parallel(step, config.mesh)
     return jax.jit(make_epoch(step, config.batch_size, config.augment,
@@ -257,10 +263,19 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     "update_ratio" (leaf → mean ‖Δθ‖/‖θ‖ of every 32nd step; see `UpdateRatio`) and
     "epoch_time". A device `mesh` splits every batch across its devices
     (`funcnn.parallel`); `compute_dtype` (e.g. `jnp.bfloat16`) is mixed precision as in
-    `make_step`; data over `max_device_bytes` streams from the host in chunks.
+    `make_step`; data over `max_device_bytes` streams from the host in chunks. An optimizer
+    that reads the objective (`fn.optim.lbfgs`, `fn.optim.newton`) trains full-batch only
+    (batch_size = len(x), one update per epoch): its update gets value= and value_fn= (params ->
+    loss + penalty on the training set).
     """
     x, y = train
     validation = _check_arguments(x, y, epochs, batch_size, validation, model)
+    if reads_value_fn(optimizer) and (batch_size != len(x) or mesh is not None):
+        raise ValueError(f"fit: the optimizer reads the objective on the whole training set "
+                         f"(value_fn=, as fn.optim.lbfgs and fn.optim.newton do): expected "
+                         f"full-batch training, batch_size={len(x)} (the number of training "
+                         f"examples) and no mesh, received batch_size={batch_size}"
+                         + ("" if mesh is None else " and a mesh"))
     check_count("fit", "checkpoint_every", checkpoint_every)
     callbacks = _assemble(callbacks, early_stopping, progress, checkpoint_path, checkpoint_every)
     for callback in callbacks:
@@ -360,7 +375,8 @@ def _diverged(config: _Config, data: _Data, result: FitResult, epoch_key, bad_lo
         return diagnostics.find_nonfinite(config.model, config.loss, result.params,
                                           result.state, inputs, y,
                                           key=jax.random.fold_in(step_key, 0),
-                                          optimizer=config.optimizer, opt_state=result.opt_state)
+                                          optimizer=None if reads_value_fn(config.optimizer)
+                                          else config.optimizer, opt_state=result.opt_state)
 
     return TrainingDiverged(
         f"{where} non-finite loss, gradient, parameter or state{cause}; training stopped and the "

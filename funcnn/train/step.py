@@ -22,7 +22,7 @@ def accuracy(outputs, targets):
     if outputs.ndim != 2 or outputs.shape[1] < 2:
         return None
     if targets.ndim == 1 and jnp.issubdtype(targets.dtype, jnp.integer):
-        return jnp.mean(jnp.argmax(outputs, axis=-1) == targets)
+        return jnp.mean(jnp.argmax(outputs, axis=-1).astype(targets.dtype) == targets)
     if targets.shape == outputs.shape:
         return jnp.mean(jnp.argmax(outputs, axis=-1) == jnp.argmax(targets, axis=-1))
     return None
