@@ -30,7 +30,7 @@ def corpus(tmp_path_factory):
 @pytest.mark.parametrize("model,size", [
     pytest.param("gpt", ["--layers", "1", "--heads", "2", "--width", "16"],
                  marks=pytest.mark.slow),   # ~25 s of compilation: CI runs it (pytest -m slow)
-    ("lstm", ["--layers", "1", "--width", "16"])])
+    pytest.param("lstm", ["--layers", "1", "--width", "16"], marks=pytest.mark.slow)])
 def test_each_model_learns_a_periodic_text(corpus, capsys, model, size):
     val = char_lm.main(["--model", model, "--data", str(corpus), "--iters", "40", *TINY, *size])
     lines = capsys.readouterr().out.strip().splitlines()

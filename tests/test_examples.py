@@ -22,6 +22,7 @@ def test_mnist_mlp_reaches_97_percent(mnist_dir):
     assert "MNIST" in lines[-1] and accuracy >= 97.0, lines[-1]
 
 
+@pytest.mark.slow   # ~30 s: a whole training run (CI runs it: pytest -m slow)
 def test_mnist_mlp_without_mnist_says_where_it_looked_and_reaches_97_percent_on_digits(tmp_path):
     pytest.importorskip("sklearn", reason="the digits set comes with scikit-learn")
     nowhere = tmp_path / "no-mnist"
@@ -40,6 +41,7 @@ def test_mnist_mlp_without_mnist_says_where_it_looked_and_reaches_97_percent_on_
     assert "8×8 digits" in lines[-1] and accuracy >= 97.0, lines[-1]
 
 
+@pytest.mark.slow   # ~50 s: every babysitting run and plot (CI runs it: pytest -m slow)
 def test_babysit_checklist_writes_every_plot(tmp_path):
     pytest.importorskip("matplotlib", reason="plots need the examples extra")
     pytest.importorskip("sklearn", reason="the digits set comes with scikit-learn")

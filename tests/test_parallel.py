@@ -89,6 +89,7 @@ def test_batch_size_must_divide_across_devices(measured):
     assert "divisible by the 8 devices" in measured["bad_batch_error"]
 
 
+@pytest.mark.slow   # ~20 s: two processes, each compiling the run (CI: pytest -m slow)
 def test_multihost_recipe_runs_two_processes():
     example = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "multihost.py")
     result = subprocess.run([sys.executable, example, "--launch", "2", "--epochs", "3",

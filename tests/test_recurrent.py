@@ -69,14 +69,27 @@ class RecurrentGradientTest(chex.TestCase):
             assert_layer_gradients_compiled(layer, in_shape, seed=seed)
 
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.named_parameters(*TABLE)
+    @parameterized.named_parameters(TABLE[1], TABLE[3])   # the layers' shared scan, masked too
     def test_three_way_jitted_and_not(self, layer, in_shape, seed):
-        # With the layers' own (small, torch-uniform) weights some gradient entries are ~1e-3 of
-        # their leaf's largest: D(1e-5) leaves ~1e-11 round-off on them (1.4e-7 relative on
-        # LSTM(3)'s wh at seed 0), D(1e-4) ~1e-10 truncation (GRU(3)'s wi); Richardson's
-        # (4·D(1e-4) − D(2e-4))/3 has neither.
-        with jax.enable_x64(True):
-            assert_layer_gradients(layer, in_shape, self.variant, seed=seed, richardson=True)
+        three_way_jitted_and_not(layer, in_shape, seed, self.variant)
+
+
+class RecurrentGradientEveryLayerTest(chex.TestCase):
+    pytestmark = pytest.mark.slow   # ~2 CPU-minutes of compilation: CI runs them (-m slow)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*(TABLE[:1] + TABLE[2:3] + TABLE[4:]))
+    def test_three_way_jitted_and_not(self, layer, in_shape, seed):
+        three_way_jitted_and_not(layer, in_shape, seed, self.variant)
+
+
+def three_way_jitted_and_not(layer, in_shape, seed, variant):
+    # With the layers' own (small, torch-uniform) weights some gradient entries are ~1e-3 of
+    # their leaf's largest: D(1e-5) leaves ~1e-11 round-off on them (1.4e-7 relative on LSTM(3)'s
+    # wh at seed 0), D(1e-4) ~1e-10 truncation (GRU(3)'s wi); Richardson's
+    # (4·D(1e-4) − D(2e-4))/3 has neither.
+    with jax.enable_x64(True):
+        assert_layer_gradients(layer, in_shape, variant, seed=seed, richardson=True)
 
 
 def test_jit_vmap_value_and_grad_and_custom_vjp():
@@ -104,6 +117,7 @@ def test_vmap_over_independent_masked_batches_equals_each_batch(x64):
                                     rtol=1e-12)
 
 
+@pytest.mark.slow   # ~17 s (CI: pytest -m slow)
 def test_gradcheck_of_a_sequence_classifier():
     """fn.gradcheck.check (hand-written == autodiff == centered differences, at several points)
     on a stack of every recurrent layer."""

@@ -88,7 +88,8 @@ class WrongGradient(Scale):
 
 @pytest.mark.parametrize("layer,in_shape", [
     (nn.Dense(4), (5,)),
-    (nn.Conv2D(3, (3, 2), padding="SAME"), (5, 4, 2)),
+    pytest.param(nn.Conv2D(3, (3, 2), padding="SAME"), (5, 4, 2),
+                 marks=pytest.mark.slow),   # ~20 s: every conv algorithm compiled (pytest -m slow)
     (nn.BatchNorm(), (4,)),
     (nn.Dropout(0.5), (6,)),
     (Scale(), (3,)),
