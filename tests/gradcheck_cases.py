@@ -72,6 +72,8 @@ LAYERS = [
     Case("Maxout rank 3", lambda: nn.Maxout(2), (3, 4)),
     Case("Dropout", lambda: nn.Dropout(0.5), (3, 4)),
     Case("Dropout eval", lambda: nn.Dropout(0.5), (6,), train=False),
+    Case("Dropout vanilla", lambda: nn.Dropout(0.3, mode="vanilla"), (3, 4)),
+    Case("Dropout vanilla eval", lambda: nn.Dropout(0.3, mode="vanilla"), (6,), train=False),
     Case("DropConnect", lambda: nn.DropConnect(4, 0.5), (6,)),
     Case("DropConnect rank 3", lambda: nn.DropConnect(3, 0.3), (3, 4)),
     Case("residual(Dense, Tanh)", lambda: nn.residual(nn.Dense(4), nn.Tanh()), (3, 4)),
@@ -139,6 +141,8 @@ LOSSES = [
     LossCase("mean_squared_error", L.mean_squared_error, _normal),
     LossCase("mean_squared_error rank 3", L.mean_squared_error, _normal, in_shape=(3, 6)),
     LossCase("l1", L.l1, _normal),
+    LossCase("half_squared_error", L.half_squared_error, _normal),
+    LossCase("mean_squared_error sum", L.mean_squared_error, _normal, kwargs={"reduction": "sum"}),
     LossCase("binary_cross_entropy", L.binary_cross_entropy, lambda r, s: r.uniform(0, 1, s),
              after=(nn.Sigmoid,)),
     LossCase("sigmoid_binary_cross_entropy", L.sigmoid_binary_cross_entropy, _bits),
@@ -151,4 +155,8 @@ LOSSES = [
     LossCase("multiclass_hinge squared margin 0.5", L.multiclass_hinge, _labels,
              kwargs={"squared": True, "margin": 0.5}),
     LossCase("max_margin", L.max_margin, _normal, width=8),   # 8 corrupt scores per example
+    LossCase("hierarchical_softmax 8 classes", L.hierarchical_softmax(8),   # path scores, depth 3
+             lambda r, s: r.integers(0, 8, s[0]).astype(np.int32), width=3),
+    LossCase("softmax_cross_entropy sum", L.softmax_cross_entropy, _labels,
+             kwargs={"reduction": "sum"}),
 ]
