@@ -146,7 +146,7 @@ def _output_shape(layer, in_shape, params, state):
 # ---------------------------------------------------------------------------------------------
 # FLOPs per example.
 
-_FREE = {"Flatten", "Identity", "Dropout", "Embedding"}   # reshapes, gathers, identities at evaluation
+_FREE = {"Flatten", "Identity", "Embedding"}   # reshapes, gathers, identities at evaluation
 _ELEMENTWISE = {"Relu", "Tanh", "Sigmoid", "HardTanh", "LeakyRelu", "PRelu", "Softsign", "Gelu",
                 "Silu", "Elu", "Softplus"}   # one element-wise function per output element
 
@@ -160,6 +160,8 @@ def _flops(layer, in_shape, out_shape, params, state) -> float:
     kind = config[1]
     if kind in _FREE:
         return 0
+    if kind == "Dropout":   # at evaluation: the identity, or (vanilla) x · (1 − rate)
+        return math.prod(out_shape) if _arguments(layer)["mode"] == "vanilla" else 0
     if kind in _ELEMENTWISE:
         return math.prod(out_shape)
     if kind in ("Dense", "DropConnect"):

@@ -118,3 +118,13 @@ def test_a_users_own_layer_is_measured_by_xla():
                       backward=lambda p, x, dy: ({}, 2 * x * dy))
     (row,) = fn.summary(square, (6, 2)).rows
     assert row.layer == "Square" and row.output_shape == (6, 2) and row.flops == 12
+
+
+def test_dropout_flops_at_evaluation_are_xlas():
+    """Inverted dropout is the identity at evaluation; the notes' vanilla form scales by 1 − rate."""
+    shape = (5, 6)
+    (inverted,) = fn.summary(nn.Dropout(0.3), shape).rows
+    (vanilla,) = fn.summary(nn.Dropout(0.3, mode="vanilla"), shape).rows
+    layer = nn.Dropout(0.3, mode="vanilla")
+    assert inverted.flops == 0
+    assert vanilla.flops == xla_flops(lambda x: layer.apply({}, {}, x)[0], (1,) + shape) == 30
