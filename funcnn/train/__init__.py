@@ -4,6 +4,7 @@
                   (params, state, opt_state, metrics)
     epoch.py      make_epoch: one compiled, guarded loop of steps over shuffled batches
     loop.py       fit: a short loop over epochs that runs the epoch program and the callbacks
+    batching.py   each epoch's batch size (an int or a schedule), the data on device or streamed
     callbacks.py  EarlyStopping, ReduceLROnPlateau, Checkpoint, ProgressBar, CSVLogger,
                   JSONLLogger, UpdateRatio — values with an explicit, checkpointed memory
     loggers.py    TensorBoard (scalars and parameter histograms; the tensorboardX extra)

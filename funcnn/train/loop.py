@@ -19,10 +19,10 @@ import numpy as np
 from funcnn import checkpoint, parallel
 from funcnn.optim.base import reads_value_fn
 from funcnn.train import callbacks as cbs
+from funcnn.train.batching import TrainingData, batch_sizes, prepare
 from funcnn.train.cache import compiled, init_program
 from funcnn.train.epoch import (
-    DIVERGENCE, EpochCarry, epoch_order, exploded, full_batch_step, make_epoch, ratio_columns,
-    start)
+    DIVERGENCE, epoch_order, exploded, full_batch_step, make_epoch, ratio_columns, start)
 from funcnn.train.evaluate import check_count, check_labels, check_pair, evaluate_checked
 from funcnn.train.step import make_step
 
@@ -87,49 +87,6 @@ def _epoch_program(config: _Config):
         step = parallel.data_parallel(step, config.mesh)
     return jax.jit(make_epoch(step, config.batch_size, config.augment,
                               divergence=config.divergence, ratio_every=config.ratio_every))
-
-
-class _Data(NamedTuple):
-    """The training data where the epochs read it: on the device, or on the host (streaming,
-    in chunks of `chunk` batches)."""
-
-    images: Any
-    labels: Any
-    place: Callable
-    chunk: int | None
-
-    def run(self, program, carry: EpochCarry, epoch_key, batch_size: int):
-        """One epoch: (carry, metrics as numpy rows)."""
-        order = epoch_order(epoch_key, len(self.images), batch_size)
-        if self.chunk is None:
-            carry, metrics = program(self.place(carry), self.images, self.labels, epoch_key,
-                                     self.place(jnp.asarray(order)))
-            return carry, jax.tree.map(np.asarray, metrics)
-        parts = []
-        for first in range(0, len(order), self.chunk):
-            rows = order[first:first + self.chunk]
-            local = np.arange(rows.size, dtype=np.int32).reshape(rows.shape)
-            carry, metrics = program(carry, jnp.asarray(self.images[rows.ravel()]),
-                                     jnp.asarray(self.labels[rows.ravel()]), epoch_key,
-                                     jnp.asarray(local), first)
-            parts.append(jax.tree.map(np.asarray, metrics))
-            if int(carry.bad_step) >= 0:   # the remaining chunks do not run: NaN rows
-                skipped = len(order) - first - len(rows)
-                parts.append(jax.tree.map(lambda m: np.full((skipped, *m.shape[1:]), np.nan,
-                                                            m.dtype), parts[-1]))
-                break
-        return carry, jax.tree.map(lambda *m: np.concatenate(m), *parts)
-
-
-def _prepare(x, y, batch_size: int, max_device_bytes: int, mesh) -> _Data:
-    place = (lambda tree: tree) if mesh is None else (lambda tree: parallel.replicate(tree, mesh))
-    if mesh is not None:
-        parallel.check_batch_size(batch_size, mesh)
-    nbytes = sum(a.nbytes if hasattr(a, "nbytes") else np.asarray(a).nbytes for a in (x, y))
-    if nbytes <= max_device_bytes:
-        return _Data(place(jnp.asarray(x)), place(jnp.asarray(y)), place, None)
-    batch_bytes = max(nbytes * batch_size // len(x), 1)
-    return _Data(np.asarray(x), np.asarray(y), place, max(max_device_bytes // batch_bytes, 1))
 
 
 def epoch_logs(metrics, bad_step: int, params) -> dict:
@@ -223,23 +180,25 @@ def _begin(model, optimizer, in_shape, key, trees, callbacks, resume: bool):
     return result, memories, float("inf"), False
 
 
-def _check_arguments(x, y, epochs, batch_size, validation, model):
+def _check_arguments(x, y, epochs, batch_size, validation, model, mesh):
+    """(validation, the batch size of each epoch), or raise."""
     if len(x) != len(y):
         raise ValueError(f"fit: expected as many targets as inputs, received {len(x)} inputs and "
                          f"{len(y)} targets")
     if len(x) == 0:
         raise ValueError("fit: expected at least one training example, received none")
     check_count("fit", "epochs", epochs)
-    check_count("fit", "batch_size", batch_size, (len(x), "the training examples"))
+    sizes = batch_sizes(batch_size, epochs, len(x), mesh)
     check_labels("fit", model, x, y)
     if validation is None:
-        return None
+        return None, sizes
     validation = check_pair("fit", validation, "validation ")
     check_labels("fit (validation)", model, *validation)
-    return validation
+    return validation, sizes
 
 
-def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int, key,
+def fit(model, loss, optimizer, train: Sequence, *, epochs: int,
+        batch_size: int | Callable[[int], int], key,
         validation: Sequence | None = None, params=None, state=None, opt_state=None,
         regularizer=None, hand_written: bool = False, augment: Callable | None = None,
         callbacks: Sequence = (), early_stopping: cbs.EarlyStopping | None = None,
@@ -256,25 +215,35 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     `checkpoint_every`) add EarlyStopping, ProgressBar and Checkpoint. `resume=True`
     continues the run checkpointed there bit for bit, callbacks' memory included.
 
+    `batch_size` is an int B or a schedule: a callable epoch (1, 2, …) -> B, e.g.
+    `fn.optim.batch_size_schedule({1: 128, 30: 256})` (growing the batch instead of decaying the
+    rate, Smith et al. 2018: `fn.optim.batch_size_for_decay`). Epoch e runs ⌊len(x)/B(e)⌋ steps
+    (the len(x) mod B(e) examples left after the shuffle sit that epoch out); every B(e) is checked
+    before training (an int in [1, len(x)], divisible by a mesh's devices); each distinct B
+    compiles its epoch program once.
+
     A step that is not finite, or whose loss exceeds `divergence` × (|first loss| + 1) (None:
     no bound), stops training with `TrainingDiverged`, whose `.result` holds the last good
     values. `history`: per-epoch "loss", "accuracy", "penalty", "val_loss", "val_accuracy",
     "learning_rate" (of the epoch's last step; {group: rate} with `fn.optim.partition`),
-    "update_ratio" (leaf → mean ‖Δθ‖/‖θ‖ of every 32nd step; see `UpdateRatio`) and
-    "epoch_time". A device `mesh` splits every batch across its devices
-    (`funcnn.parallel`); `compute_dtype` (e.g. `jnp.bfloat16`) is mixed precision as in
-    `make_step`; data over `max_device_bytes` streams from the host in chunks. An optimizer
-    that reads the objective (`fn.optim.lbfgs`, `fn.optim.newton`) trains full-batch only
-    (batch_size = len(x), one update per epoch): its update gets value= and value_fn= (params ->
-    loss + penalty on the training set).
+    "update_ratio" (leaf → mean ‖Δθ‖/‖θ‖ of every 32nd step; see `UpdateRatio`), "epoch_time"
+    and "batch_size" (history only: not in the callbacks' logs). A device `mesh` splits every
+    batch across its devices (`funcnn.parallel`); `compute_dtype` (e.g. `jnp.bfloat16`) is
+    mixed precision as in `make_step`; data over `max_device_bytes` streams from the host in
+    chunks. An optimizer that reads the objective (`fn.optim.lbfgs`, `fn.optim.newton`) trains
+    full-batch only (batch_size = len(x) in every epoch, one update per epoch): its update gets
+    value= and value_fn= (params -> loss + penalty on the training set).
     """
     x, y = train
-    validation = _check_arguments(x, y, epochs, batch_size, validation, model)
-    if reads_value_fn(optimizer) and (batch_size != len(x) or mesh is not None):
+    validation, sizes = _check_arguments(x, y, epochs, batch_size, validation, model, mesh)
+    partial = next((e for e, size in enumerate(sizes, 1) if size != len(x)), None)
+    if reads_value_fn(optimizer) and (partial is not None or mesh is not None):
+        received = batch_size if partial is None or not callable(batch_size) else \
+            f"a schedule giving {sizes[partial - 1]} at epoch {partial}"
         raise ValueError(f"fit: the optimizer reads the objective on the whole training set "
                          f"(value_fn=, as fn.optim.lbfgs and fn.optim.newton do): expected "
                          f"full-batch training, batch_size={len(x)} (the number of training "
-                         f"examples) and no mesh, received batch_size={batch_size}"
+                         f"examples) and no mesh, received batch_size={received}"
                          + ("" if mesh is None else " and a mesh"))
     check_count("fit", "checkpoint_every", checkpoint_every)
     callbacks = _assemble(callbacks, early_stopping, progress, checkpoint_path, checkpoint_every)
@@ -286,10 +255,10 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
                                                   (params, state, opt_state), callbacks, resume)
     ratio_every = next((c.every for c in callbacks if isinstance(c, cbs.UpdateRatio)),
                        cbs.UpdateRatio().every)
-    config = _Config(model, loss, optimizer, regularizer, hand_written, compute_dtype, batch_size,
-                     augment, mesh, divergence, ratio_every)
-    program = compiled(_epoch_program, config)
-    data, train_key = _prepare(x, y, batch_size, max_device_bytes, mesh), jax.random.split(key)[1]
+    configs = {size: _Config(model, loss, optimizer, regularizer, hand_written, compute_dtype,
+                             size, augment, mesh, divergence, ratio_every) for size in set(sizes)}
+    programs = {}   # batch size -> its epoch program, fetched from the cache on first use
+    data, train_key = prepare(x, y, max_device_bytes, mesh), jax.random.split(key)[1]
     info = lambda logs, stopping=False: cbs.EpochInfo(
         result.epoch, epochs, logs, result, stopping,
         lambda: _snapshot(result, callbacks, memories, key, reference, stopping))
@@ -300,9 +269,12 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
         for epoch in range(result.epoch + 1, epochs + 1):
             if stopped:
                 break
-            result, logs, reference = _train_epoch(program, config, data, result, reference,
-                                                   jax.random.fold_in(train_key, epoch),
-                                                   validation)
+            config = configs[sizes[epoch - 1]]
+            if config.batch_size not in programs:
+                programs[config.batch_size] = compiled(_epoch_program, config)
+            result, logs, reference = _train_epoch(
+                programs[config.batch_size], config, data, result, reference,
+                jax.random.fold_in(train_key, epoch), validation)
             memories = list(memories)
             for i, callback in enumerate(callbacks):
                 memories[i], changes = callback.on_epoch_end(memories[i], info(logs, stopped))
@@ -319,7 +291,7 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int, batch_size: int
     return result
 
 
-def _train_epoch(program, config: _Config, data: _Data, result: FitResult, reference: float,
+def _train_epoch(program, config: _Config, data: TrainingData, result: FitResult, reference: float,
                  epoch_key, validation):
     """Run the epoch after `result`'s and log it: (result, logs, reference), or raise
     TrainingDiverged."""
@@ -334,8 +306,9 @@ def _train_epoch(program, config: _Config, data: _Data, result: FitResult, refer
     rates = cbs.learning_rates(carry.opt_state)
     logs.update({} if rates is None else {"learning_rate": rates})
     logs["epoch_time"] = time.perf_counter() - begin
-    history = {k: [*v, logs.get(k, float("nan"))] for k, v in result.history.items()}
-    history.update({k: [v] for k, v in logs.items() if k not in history})
+    record = {**logs, "batch_size": config.batch_size}   # in the history, not the logs
+    history = {k: [*v, record.get(k, float("nan"))] for k, v in result.history.items()}
+    history.update({k: [v] for k, v in record.items() if k not in history})
     result = FitResult(carry.params, carry.state, carry.opt_state, history, result.epoch + 1)
     if bad_step >= 0:
         raise _diverged(config, data, result, epoch_key, metrics["loss"][bad_step], bad_step,
@@ -344,7 +317,7 @@ def _train_epoch(program, config: _Config, data: _Data, result: FitResult, refer
     return result, logs, reference
 
 
-def _diverged(config: _Config, data: _Data, result: FitResult, epoch_key, bad_loss, bad_step,
+def _diverged(config: _Config, data: TrainingData, result: FitResult, epoch_key, bad_loss, bad_step,
               reference) -> TrainingDiverged:
     """The error for step `bad_step` of epoch `result.epoch`, with what is known of its cause."""
     divergence = config.divergence
