@@ -18,10 +18,12 @@ the model's input, with S the largest |entry| of the leaf's hand-written or auto
   max(|D|, |g|, leaf_scale·S), where η = |D(h) − D(2h)| + 4ε(|f(θ + h)| + |f(θ − h)|)/2h
   bounds the difference's own error (truncation, and the round-off of f that D(h) and D(2h)
   can share), so that finite-difference noise on small entries is no alarm.
-  The notes' vector form ‖D − g‖ / (‖D‖ + ‖g‖) over the sampled coordinates is reported beside it.
+  The notes' vector form ‖D − g‖ / (‖D‖ + ‖g‖) over the sampled coordinates (hand-written and
+  autodiff g; per leaf and over all parameters) is reported beside it, never judged.
 - a sampled coordinate where a kink is crossed between θ − 2h and θ + 2h (any layer's or the
   loss's `branches` changes) is reported and left out of all comparisons.
-Entries where both values are ≤ `floor` count as equal.
+Entries where both values are ≤ `floor` count as equal. Readings: `funcnn.gradcheck_report`;
+`regularizer=` and `check_after` (after a burn-in of training): `funcnn.gradcheck_notes`.
 """
 from __future__ import annotations
 
@@ -33,16 +35,15 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from funcnn import backprop
+from funcnn.gradcheck_notes import RegularizedReport, check_after, penalty_sections
 from funcnn.gradcheck_points import is_floating
 from funcnn.gradcheck_points import check_points as _check_points
+from funcnn.gradcheck_report import VERDICTS, render, vector_relative_error
 from funcnn.nn.core import Layer, as_layer
 from funcnn.paths import leaf_paths
 
-__all__ = ["GradcheckReport", "LeafCheck", "PointCheck", "check", "numerical_grad",
-           "relative_error"]
-
-VERDICTS = ((1e-7, "good"), (1e-4, "acceptable only with kinks"), (1e-2, "uncomfortable"),
-            (np.inf, "wrong"))
+__all__ = ["GradcheckReport", "LeafCheck", "PointCheck", "RegularizedReport", "VERDICTS", "check",
+           "check_after", "numerical_grad", "relative_error", "vector_relative_error"]
 _LANES = 64   # finite-difference evaluations per vectorised batch
 _ROUNDING = 4 * np.finfo(np.float64).eps   # relative round-off allowed in each f(θ ± h)
 
@@ -98,9 +99,10 @@ def numerical_grad(f, params, eps=1e-5):
 class LeafCheck:
     """Errors of one leaf (kink coordinates excluded): the maximum over the points checked.
 
-    `hand_vs_autodiff` covers every coordinate; the two numerical ones and `vector` (the notes'
-    ‖D − g‖/(‖D‖ + ‖g‖) for the hand-written g) the sampled coordinates; all are scaled as the
-    module docstring says. `failed_points`: the indices of the points where this leaf failed.
+    `hand_vs_autodiff` covers every coordinate; the two numerical ones the sampled coordinates;
+    all are scaled as the module docstring says. `vector` and `autodiff_vector`: the notes'
+    ‖D − g‖/(‖D‖ + ‖g‖) over the sampled coordinates for the hand-written and the autodiff g
+    (unscaled). `failed_points`: the indices of the points where this leaf failed.
     """
 
     path: str
@@ -111,6 +113,7 @@ class LeafCheck:
     sampled: int
     kinks: int
     vector: float = 0.0
+    autodiff_vector: float = 0.0
     passed: bool = True
     failed_points: tuple[int, ...] = ()
 
@@ -121,7 +124,8 @@ class LeafCheck:
 
 @dataclasses.dataclass(frozen=True)
 class PointCheck:
-    """The comparisons at one point: its parameter leaves, its input rows, its kinks, its loss."""
+    """The comparisons at one point: its parameter leaves, its input rows, its kinks, its loss,
+    and `vector`: the ‖·‖ form over all parameter leaves' sampled coordinates (hand, autodiff)."""
 
     index: int
     description: str
@@ -130,13 +134,15 @@ class PointCheck:
     inputs: tuple[LeafCheck, ...]
     kinks: tuple[tuple[str, tuple[int, ...]], ...]
     loss: float
+    vector: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class GradcheckReport:
     """Outcome of `check`: `passed`, per-leaf errors (worst over the points), the coordinates
     where a kink was crossed, `inputs` (the input gradient's rows) and `points` (each point's
-    own `PointCheck`; `failed_points` names those that failed)."""
+    own `PointCheck`; `failed_points` names those that failed); `vector` the ‖·‖ form over all
+    parameters, worst over the points; `step` the training step checked at (`check_after`)."""
 
     passed: bool
     leaves: tuple[LeafCheck, ...]
@@ -148,6 +154,7 @@ class GradcheckReport:
     points: tuple[PointCheck, ...] = ()
     exact_tol: float = 1e-9
     leaf_scale: float = 1e-3
+    step: int | None = None
 
     @property
     def max_errors(self) -> dict[str, dict[str, float]]:
@@ -160,37 +167,18 @@ class GradcheckReport:
     def failed_points(self) -> tuple[PointCheck, ...]:
         return tuple(point for point in self.points if not point.passed)
 
-    def __str__(self):
-        header = (f"gradient check ({'PASSED' if self.passed else 'FAILED'}) at "
-                  f"{len(self.points)} point(s), float64: hand-written vs autodiff on every "
-                  f"coordinate (tol={self.exact_tol:g}), vs centered differences h={self.eps:g} "
-                  f"on sampled ones (tol={self.tol:g}); errors relative to max(|g|, "
-                  f"{self.leaf_scale:g}·leaf max), worst over the points")
-        rows = [f"  {'leaf':<16}{'shape':<16}{'hand/auto':>10}{'hand/num':>10}{'auto/num':>10}"
-                f"{'‖·‖ form':>10}{'sampled':>8}{'kinks':>6}  verdict"]
-        for leaf in self.leaves + self.inputs:
-            verdict = next(name for bound, name in VERDICTS if leaf.worst <= bound)
-            flag = "" if leaf.passed else (f"  <-- exceeds tol at point(s) "
-                                           f"{', '.join(map(str, leaf.failed_points))}")
-            rows.append(f"  {leaf.path:<16}{str(leaf.shape):<16}{leaf.hand_vs_autodiff:>10.1e}"
-                        f"{leaf.hand_vs_numerical:>10.1e}{leaf.autodiff_vs_numerical:>10.1e}"
-                        f"{leaf.vector:>10.1e}{leaf.sampled:>8}{leaf.kinks:>6}  {verdict}{flag}")
-        for point in self.points:
-            failed = [leaf.path for leaf in point.leaves + point.inputs if not leaf.passed]
-            outcome = "passed" if point.passed else f"FAILED at {', '.join(failed)}"
-            rows.append(f"  point {point.index} ({point.description}): loss {point.loss:.6g}, "
-                        f"{outcome}")
-        if self.kinks:
-            shown = ", ".join(f"{path}{list(index)}" for path, index in self.kinks[:8])
-            more = f" (+{len(self.kinks) - 8} more)" if len(self.kinks) > 8 else ""
-            rows.append(f"  kinks crossed by θ ± h or ± 2h (excluded from pass/fail): "
-                        f"{shown}{more}")
-        return "\n".join([header] + rows)
+    @property
+    def vector(self) -> dict[str, float]:
+        return {"hand/numerical": _worst([p.vector[0] for p in self.points]),
+                "autodiff/numerical": _worst([p.vector[1] for p in self.points])}
 
+    def __str__(self):
+        return render(self)
 
 def check(model: Layer, loss, params, state, x, y, *, key=None, train=True, samples=10,
           eps=1e-5, tol=1e-6, floor=1e-10, seed=0, points=3, exact_tol=1e-9, leaf_scale=1e-3,
-          perturbation=0.5, input_grad=True, **loss_kwargs) -> GradcheckReport:
+          perturbation=0.5, input_grad=True, regularizer=None,
+          **loss_kwargs) -> GradcheckReport | RegularizedReport:
     """Compare hand-written, autodiff and numerical gradients of loss(model(x), y) w.r.t. the
     params and the input x, at `points` points; `passed` when every comparison of the module
     docstring holds at every point.
@@ -203,7 +191,9 @@ def check(model: Layer, loss, params, state, x, y, *, key=None, train=True, samp
     masks. `samples` coordinates per leaf (and of x) are compared with centered differences;
     every coordinate with autodiff. `input_grad=False`, or an integer x (token ids), leaves the
     input gradient out. A hand-written gradient whose structure, shapes or dtypes differ from
-    the params' (or the input gradient from x's) raises `ValueError` naming the leaf.
+    the params' (or the input gradient from x's) raises `ValueError` naming the leaf. With a
+    `regularizer` R (`fn.regularizers`), a `RegularizedReport`: the checks of the loss, of R
+    alone (its hand-written `.grad`) and of loss + R (`funcnn.gradcheck_notes`).
 
     Cost: the three programs (hand-written, autodiff, finite differences) compile once per
     check and run once per point; compilation dominates on small batches, so three points cost
@@ -213,6 +203,13 @@ def check(model: Layer, loss, params, state, x, y, *, key=None, train=True, samp
     """
     from funcnn.train.cache import compiled   # the one cache of compiled programs
 
+    if regularizer is not None:
+        options = dict(key=key, train=train, samples=samples, eps=eps, tol=tol, floor=floor,
+                       seed=seed, points=points, exact_tol=exact_tol, leaf_scale=leaf_scale,
+                       perturbation=perturbation)
+        return RegularizedReport(repr(regularizer), *(
+            check(m, f, params, state, x, y, input_grad=input_grad and uses_x, **options,
+                  **loss_kwargs) for m, f, uses_x in penalty_sections(model, loss, regularizer)))
     model = as_layer(model, "gradcheck.check")
     with jax.enable_x64(True):
         params, state, x, y = (backprop.cast_floats(t, jnp.float64) for t in (params, state, x, y))
@@ -342,7 +339,7 @@ def _compare(point, n_params, value, tree, hand, auto, names, probe, args, s) ->
     central = (values[0] - values[1]) / (2 * h)
     noise = (np.abs(central - (values[2] - values[3]) / (4 * h))
              + _ROUNDING * (np.abs(values[0]) + np.abs(values[1])) / (2 * h))
-    checks, kinks = [], []
+    checks, kinks, compared = [], [], []
     for i, leaf in enumerate(leaves):
         lo, hi = offsets[i], offsets[i + 1]
         if lo == hi:
@@ -358,19 +355,21 @@ def _compare(point, n_params, value, tree, hand, auto, names, probe, args, s) ->
         errors = (_worst(_error(g, a, scale, s["floor"])[off_kink]),
                   _worst(_error(gs, d, scale, s["floor"], eta)),
                   _worst(_error(as_, d, scale, s["floor"], eta)))
-        norms = np.linalg.norm(d) + np.linalg.norm(gs)
-        vector = float(np.linalg.norm(d - gs) / norms) if norms > 0 else 0.0
+        vectors = [float(vector_relative_error(d, v)) for v in (gs, as_)]
+        compared += [(d, gs, as_)] if i < n_params else []
         passed = errors[0] <= s["exact_tol"] and errors[1] <= s["tol"] and errors[2] <= s["tol"]
         checks.append((i < n_params, LeafCheck(
             names[i], tuple(leaf.shape), *errors, sampled=int(mine.sum()),
-            kinks=int((~smooth).sum()), vector=vector, passed=bool(passed),
-            failed_points=() if passed else (point.index,))))
+            kinks=int((~smooth).sum()), vector=vectors[0], autodiff_vector=vectors[1],
+            passed=bool(passed), failed_points=() if passed else (point.index,))))
         kinks += [(names[i], tuple(int(v) for v in np.unravel_index(j - lo, leaf.shape)))
                   for j in c[~smooth]]
     return PointCheck(point.index, point.description, all(leaf.passed for _, leaf in checks),
                       tuple(leaf for is_param, leaf in checks if is_param),
                       tuple(leaf for is_param, leaf in checks if not is_param), tuple(kinks),
-                      value)
+                      value, tuple(float(vector_relative_error([c[0] for c in compared],
+                                                               [c[k] for c in compared]))
+                                   for k in (1, 2)))
 
 
 def _merged(checks) -> LeafCheck:
@@ -381,6 +380,7 @@ def _merged(checks) -> LeafCheck:
                        ("hand_vs_autodiff", "hand_vs_numerical", "autodiff_vs_numerical")),
                      sampled=sum(c.sampled for c in checks), kinks=sum(c.kinks for c in checks),
                      vector=_worst([c.vector for c in checks]),
+                     autodiff_vector=_worst([c.autodiff_vector for c in checks]),
                      passed=all(c.passed for c in checks),
                      failed_points=tuple(p for c in checks for p in c.failed_points))
 
