@@ -8,6 +8,8 @@ Member i is trained exactly as `fn.train.fit(..., key=jax.random.split(key, memb
 would train it (its own initialisation and batch order), but all members run as one `vmap` of
 `fn.train`'s epoch program (`make_epoch`): one compiled program, N models per step. Every stacked pytree (params,
 state, opt_state) carries the member on its leading axis; `member(tree, i)` takes one out.
+`fit_configs` trains one member per configuration (the k best of a search, each its own
+optimizer); `from_checkpoints` stacks snapshots of one run into a snapshot ensemble.
 
 Parameter averaging: `with_averaging(opt)` adds a Polyak (or EMA) average of one run's iterates
 to the optimizer state (read it with `fn.optim.averaged_params(opt_state)`); `average(trees)` and
@@ -16,6 +18,7 @@ hidden units are permuted relative to each other).
 """
 from __future__ import annotations
 
+import numbers
 import sys
 import time
 from pathlib import Path
@@ -85,18 +88,72 @@ def fit(model, loss, optimizer, train: Sequence, *, members: int, epochs: int, b
     The validation scores average the members' probabilities: softmax of their outputs, or
     the outputs themselves when `from_logits=False` (models ending in a softmax).
     """
-    x, y = train
     if members < 1:
         raise ValueError(f"ensemble.fit: expected at least one member, received {members}")
+    return _fit("ensemble.fit", model, loss, optimizer, None, members, train, epochs, batch_size,
+                key, validation, regularizer, hand_written, augment, progress, from_logits)
+
+
+def fit_configs(model, loss, make_optimizer: Callable, configs: Sequence[dict],
+                train: Sequence, *, epochs: int, batch_size: int, key,
+                validation: Sequence | None = None, regularizer=None, hand_written: bool = False,
+                augment: Callable | None = None, progress: bool = True,
+                from_logits: bool = True) -> EnsembleResult:
+    """One member per configuration, e.g. the k best of a search (`fn.tune.top_configs`):
+
+        configs = fn.tune.top_configs(search, k=5)
+        result = fn.ensemble.fit_configs(model, loss, make_opt, configs, (x, y), epochs=10,
+                                          batch_size=128, key=key)
+        probs = fn.ensemble.predict_proba(model, result.params, result.state, x_test)
+
+    Member i trains as `fn.train.fit(model, loss, make_optimizer(**configs[i]), ...,
+    key=split(key, k)[i])` would; all run as one `vmap`, each member's optimizer built inside
+    it from its traced hyper-parameters (as `fn.tune.training_objective` does), so the values
+    must be numbers (traced as float32) and every config must name the same ones. Otherwise as
+    `fit`.
+    """
+    hypers = _stacked_configs(configs)
+    return _fit("ensemble.fit_configs", model, loss, make_optimizer, hypers, len(configs), train,
+                epochs, batch_size, key, validation, regularizer, hand_written, augment, progress,
+                from_logits)
+
+
+def _stacked_configs(configs: Sequence[dict]) -> dict:
+    """{name: (k,) float32 array} from k configurations {name: number}."""
+    if isinstance(configs, dict) or not configs or not all(isinstance(c, dict) for c in configs):
+        raise TypeError(f"ensemble.fit_configs: configs must be a non-empty sequence of dicts "
+                        f"{{name: number}} (e.g. fn.tune.top_configs(search, k)), received "
+                        f"{configs!r}")
+    names = list(configs[0])
+    for i, config in enumerate(configs):
+        if set(config) != set(names):
+            raise ValueError(f"ensemble.fit_configs: every config must name the same "
+                             f"hyper-parameters; config 0 has {sorted(names)}, config {i} has "
+                             f"{sorted(config)}")
+        for name, value in config.items():
+            if not isinstance(value, (numbers.Real, np.number)) or np.ndim(value) != 0:
+                raise ValueError(f"ensemble.fit_configs: config {i}'s {name!r} is {value!r}; "
+                                 f"the members' hyper-parameters are traced, so each must be a "
+                                 f"number (train other choices one by one with fn.train.fit)")
+    return {n: jnp.asarray(np.asarray([c[n] for c in configs], np.float32)) for n in names}
+
+
+def _fit(name, model, loss, optimizer, hypers, members, train, epochs, batch_size, key,
+         validation, regularizer, hand_written, augment, progress, from_logits) -> EnsembleResult:
+    """The members' training loop; with `hypers` ({name: (members,) array}) `optimizer` is a
+    factory, member i's optimizer being optimizer(**hypers[i])."""
+    x, y = train
     if not 0 < batch_size <= len(x):
-        raise ValueError(f"ensemble.fit: expected 0 < batch_size ≤ {len(x)} training examples, "
+        raise ValueError(f"{name}: expected 0 < batch_size ≤ {len(x)} training examples, "
                          f"received {batch_size}")
+    factory = hypers is not None
+    hypers = hypers if factory else {}
     images, labels = jnp.asarray(x), jnp.asarray(y)
     params, state = init(model, key, images.shape[1:], members)
     _, train_keys = _member_keys(key, members)
-    opt_state = compiled(_vmapped_init, optimizer)(params)
-    run_epoch = compiled(_ensemble_program, model, loss, optimizer, regularizer, hand_written,
-                         batch_size, augment)
+    opt_state = compiled(_vmapped_init, optimizer, factory)(params, hypers)
+    run_epoch = compiled(_ensemble_program, model, loss, optimizer, factory, regularizer,
+                         hand_written, batch_size, augment)
     fold_in = compiled(_vmapped_fold_in)
     history: dict = {"loss": [], "member_loss": [], "update_ratio": [], "epoch_time": []}
     result = EnsembleResult(params, state, opt_state, history, members)
@@ -106,20 +163,20 @@ def fit(model, loss, optimizer, train: Sequence, *, members: int, epochs: int, b
         carry = jax.vmap(_train.start)(result.params, result.state, result.opt_state, reference)
         epoch_keys = fold_in(train_keys, epoch)
         orders = np.stack([_train.epoch_order(k, len(images), batch_size) for k in epoch_keys])
-        carry, metrics = run_epoch(carry, images, labels, epoch_keys, jnp.asarray(orders))
+        carry, metrics = run_epoch(carry, images, labels, epoch_keys, jnp.asarray(orders), hypers)
         bad, reference = np.asarray(carry.bad_step), carry.reference
         _log_epoch(history, metrics, carry.params, bad)
         result = EnsembleResult(carry.params, carry.state, carry.opt_state, history, members)
         if validation is not None:
             scores = evaluate(model, loss, carry.params, carry.state, validation,
                               from_logits=from_logits)
-            for name, value in scores.items():
-                history.setdefault(_VAL_NAMES[name], []).append(value)
+            for entry, value in scores.items():
+                history.setdefault(_VAL_NAMES[entry], []).append(value)
         history["epoch_time"].append(time.perf_counter() - begin)
         if np.any(bad >= 0):
             which = [int(i) for i in np.nonzero(bad >= 0)[0]]
             raise _train.TrainingDiverged(
-                f"ensemble.fit: non-finite or exploding loss, gradient, parameter or state at "
+                f"{name}: non-finite or exploding loss, gradient, parameter or state at "
                 f"epoch {epoch} in member(s) {which}; .result holds the last good parameters",
                 result)
         if progress:
@@ -131,21 +188,28 @@ def fit(model, loss, optimizer, train: Sequence, *, members: int, epochs: int, b
     return result
 
 
-def _vmapped_init(optimizer):
-    return jax.jit(jax.vmap(optimizer.init))
+def _vmapped_init(optimizer, factory: bool):
+    init_one = lambda p, h: (optimizer(**h) if factory else optimizer).init(p)
+    return jax.jit(jax.vmap(init_one))
 
 
 def _vmapped_fold_in():
     return jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
 
 
-def _ensemble_program(model, loss, optimizer, regularizer, hand_written, batch_size, augment):
-    """`fn.train`'s epoch program, vmapped over members (their carries, keys and batch orders;
-    the data is shared): one compiled program trains every member."""
-    step = _train.make_step(model, loss, optimizer, regularizer=regularizer,
-                            hand_written=hand_written, with_accuracy=True)
-    epoch = _train.make_epoch(step, batch_size, augment, ratio_every=_train.UpdateRatio().every)
-    return jax.jit(jax.vmap(epoch, in_axes=(0, None, None, 0, 0)))
+def _ensemble_program(model, loss, optimizer, factory, regularizer, hand_written, batch_size,
+                      augment):
+    """`fn.train`'s epoch program, vmapped over members (their carries, keys, batch orders and
+    hyper-parameters; the data is shared): one compiled program trains every member. With
+    `factory`, a member's optimizer is optimizer(**its hyper-parameters), built traced."""
+    def epoch(carry, x, y, key, order, hypers):
+        member_optimizer = optimizer(**hypers) if factory else optimizer
+        step = _train.make_step(model, loss, member_optimizer, regularizer=regularizer,
+                                hand_written=hand_written, with_accuracy=True)
+        run = _train.make_epoch(step, batch_size, augment, ratio_every=_train.UpdateRatio().every)
+        return run(carry, x, y, key, order)
+
+    return jax.jit(jax.vmap(epoch, in_axes=(0, None, None, 0, 0, 0)))
 
 
 _VAL_NAMES = {"loss": "val_loss", "accuracy": "val_accuracy",
@@ -276,22 +340,42 @@ def average(trees: Sequence, weights: Sequence[float] | None = None):
                                                 jnp.asarray(leaves[0]).dtype), *trees)
 
 
+def _load_all(name: str, paths: Sequence, like, field: str | None) -> list:
+    """The trees stored at `paths` (`fn.checkpoint.load(path, like=like)`, entry `field`)."""
+    if isinstance(paths, (str, Path)) or not paths:
+        raise ValueError(f"{name}: expected a non-empty sequence of checkpoint paths, received "
+                         f"{paths!r}")
+    trees = [checkpoint.load(path, like=like) for path in paths]
+    return [tree[field] for tree in trees] if field is not None else trees
+
+
 def average_checkpoints(paths: Sequence, *, like=None, field: str | None = None):
     """Average the parameters stored in checkpoints of one run (e.g. its last epochs).
 
     Each file is read with `fn.checkpoint.load(path, like=like)`; `field` picks an entry of
     the stored dict (e.g. "params" of a `fn.train.fit` checkpoint).
     """
-    trees = []
-    for path in paths:
-        tree = checkpoint.load(path, like=like)
-        trees.append(tree[field] if field is not None else tree)
-    return average(trees)
+    return average(_load_all("average_checkpoints", paths, like, field))
+
+
+def from_checkpoints(paths: Sequence, *, state, like=None, field: str | None = None) -> tuple:
+    """A snapshot ensemble: the parameters θ_1 … θ_K saved along ONE run (e.g. its last epochs
+    or LR cycles, by `snapshot_callback`), stacked as K members: `(params, state)` for
+    `predict`, `predict_proba` and `evaluate`, whose prediction averages probabilities,
+    p̄(x) = (1/K) Σ_k softmax(f(x; θ_k)). (`average_checkpoints` averages the weights instead:
+    one model f(x; (1/K) Σ_k θ_k).)
+
+    `state` (e.g. the run's `result.state`) serves every snapshot — `snapshot_callback` saves
+    parameters only, which is exact for models without running statistics. Files are read as in
+    `average_checkpoints` (`like`, `field`).
+    """
+    trees = _load_all("from_checkpoints", paths, like, field)
+    return stack(trees), stack([state] * len(trees))
 
 
 def snapshot_callback(folder, *, every: int = 1) -> Callable:
     """A `fn.train.fit` callback saving `result.params` to folder/epoch-XXXX.ckpt every `every`
-    epochs (for `average_checkpoints`); `.paths` lists the files written."""
+    epochs (for `average_checkpoints` or `from_checkpoints`); `.paths` lists the files written."""
     folder = Path(folder)
     paths: list[Path] = []
 
@@ -307,5 +391,6 @@ def snapshot_callback(folder, *, every: int = 1) -> Callable:
 
 
 __all__ = ["EnsembleResult", "average", "average_checkpoints", "average_predictions",
-           "averaged_params", "evaluate", "fit", "init", "member", "polyak_after", "predict",
-           "predict_proba", "snapshot_callback", "stack", "with_averaging"]
+           "averaged_params", "evaluate", "fit", "fit_configs", "from_checkpoints", "init",
+           "member", "polyak_after", "predict", "predict_proba", "snapshot_callback", "stack",
+           "with_averaging"]

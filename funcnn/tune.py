@@ -13,6 +13,15 @@ per trial) and returns one score per trial: `training_objective` trains all the 
 `jax.vmap` of whole-epoch scans — the optimizer is built inside the vmapped function from
 traced hyper-parameters, so the trials share one compiled program. Scores are minimised;
 non-finite scores count as +inf.
+
+Coarse to fine with more training in later rounds (the notes: a few epochs coarse, more fine),
+one objective per round; then the k best configurations, e.g. for an ensemble
+(`fn.ensemble.fit_configs`):
+
+    objectives = [fn.tune.training_objective(model, loss, make_opt, (x, y), (xv, yv),
+                                             epochs=e, batch_size=64, key=key) for e in (2, 8)]
+    search = fn.tune.coarse_to_fine(objectives, space, key=key, vectorized=True)
+    configs = fn.tune.top_configs(search, k=4)      # [{"learning_rate": ...}, ...] best first
 """
 from __future__ import annotations
 
@@ -26,8 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn import train as _train
-from funcnn.train.cache import compiled, init_program
+from funcnn.tune_training import LRRangeResult, lr_range_test, training_objective
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,188 +243,86 @@ def _narrow(dist, values: np.ndarray, pad: float):
 
 
 class CoarseToFine(NamedTuple):
-    """The rounds of a coarse-to-fine search (each a SearchResult with its space) and the best."""
+    """The rounds of a coarse-to-fine search (each a SearchResult with its space) and the best.
+
+    `ranked`: the indices of the rounds whose scores `best` and `trials()` compare — those the
+    last round's objective scored (every round when one objective scored them all).
+    """
 
     rounds: list
     best: dict
     best_score: float
+    ranked: tuple = ()
+
+    def trials(self) -> list[dict]:
+        """The ranked rounds' trials as {name: value, ..., "score": s}, best first."""
+        ranked = [self.rounds[r] for r in (self.ranked or range(len(self.rounds)))]
+        configs = {n: np.concatenate([res.configs[n] for res in ranked]) for n in ranked[0].configs}
+        return SearchResult(configs, np.concatenate([res.scores for res in ranked])).trials()
 
 
-def coarse_to_fine(objective: Callable, space: dict, *, key, rounds: int = 3, trials: int = 16,
-                   top: int = 4, pad: float = 0.1, edge: float = 0.1,
-                   vectorized: bool = False) -> CoarseToFine:
+def top_configs(search: SearchResult | CoarseToFine, k: int) -> list[dict]:
+    """The hyper-parameters {name: value} of the k best trials of a search, best first (ties in
+    trial order; a coarse-to-fine search ranks the rounds of its last objective): e.g. the
+    members of an ensemble, `fn.ensemble.fit_configs(..., top_configs(search, k), ...)`."""
+    trials = search.trials()
+    if not isinstance(k, numbers.Integral) or not 1 <= k <= len(trials):
+        raise ValueError(f"top_configs: expected an int k with 1 ≤ k ≤ {len(trials)} (the "
+                         f"ranked trials), received {k!r}")
+    if not math.isfinite(trials[k - 1]["score"]):
+        finite = sum(math.isfinite(t["score"]) for t in trials)
+        raise ValueError(f"top_configs: only {finite} trials scored a finite value, fewer than "
+                         f"k={k}: the others failed (NaN, ±inf or diverged)")
+    return [{n: v for n, v in trial.items() if n != "score"} for trial in trials[:k]]
+
+
+def _per_round(objective, rounds: int | None) -> list:
+    """One objective per round: `objective` repeated, or the sequence given (of length rounds)."""
+    if callable(objective):
+        return [objective] * (3 if rounds is None else rounds)
+    objectives = list(objective) if isinstance(objective, Sequence) else []
+    if not objectives or not all(callable(f) for f in objectives):
+        raise TypeError(f"coarse_to_fine: objective must be a callable or a non-empty sequence "
+                        f"of callables (one per round), received {objective!r}")
+    if rounds is not None and rounds != len(objectives):
+        raise ValueError(f"coarse_to_fine: {len(objectives)} objectives (one per round) but "
+                         f"rounds={rounds}; leave rounds out or make them agree")
+    return objectives
+
+
+def coarse_to_fine(objective: Callable | Sequence[Callable], space: dict, *, key,
+                   rounds: int | None = None, trials: int = 16, top: int = 4, pad: float = 0.1,
+                   edge: float = 0.1, vectorized: bool = False) -> CoarseToFine:
     """Random search in rounds, each narrowing every range to the span of the previous round's
     `top` best trials, padded on each side by `pad` × the previous range's width (log scale
     for log-uniform); a choice keeps the options seen among the top trials.
+
+    `objective`: one callable for every round (`rounds` of them, 3 by default), or a sequence
+    with one objective per round — the notes' coarse stage trains a few epochs and the fine
+    stage more, e.g. `[training_objective(..., epochs=e) for e in (2, 5, 10)]`. Scores of
+    different objectives do not compare: `best`, `best_score` and `trials()` rank only the
+    rounds scored by the last objective (`ranked`).
 
     After each round, a `warnings.warn` names every dimension whose best value sits within
     `edge` of a boundary (the notes' advice: the optimum may lie outside the range). The next
     range then extends past that boundary by the padding.
     """
+    objectives = _per_round(objective, rounds)
     results, current = [], dict(space)
-    for r in range(rounds):
-        result = random_search(objective, current, key=jax.random.fold_in(key, r), trials=trials,
+    for r, score in enumerate(objectives):
+        result = random_search(score, current, key=jax.random.fold_in(key, r), trials=trials,
                                vectorized=vectorized)
         results.append(result)
         for message in boundary_warnings(result, current, edge):
             warnings.warn(f"coarse_to_fine round {r + 1}: {message}", stacklevel=2)
         order = np.argsort(result.scores, kind="stable")[:top]
         current = {n: _narrow(d, result.configs[n][order], pad) for n, d in current.items()}
-    best = min(results, key=lambda res: res.best_score)
-    return CoarseToFine(results, best.best, best.best_score)
-
-
-# ---------------------------------------------------------------------------------------------
-# A vmapped training objective.
-
-
-def _score(model, loss, params, state, data, metric: str):
-    outputs, _ = model.apply(params, state, data[0], train=False)
-    if metric == "val_loss":
-        return loss(outputs, data[1])
-    accuracy = _train.accuracy(outputs, data[1])
-    if metric != "val_error" or accuracy is None:
-        raise ValueError(f"training_objective: metric must be 'val_loss' or 'val_error' "
-                         f"(classification), received {metric!r}")
-    return 1.0 - accuracy
-
-
-def training_objective(model, loss, make_optimizer: Callable, train: Sequence,
-                       validation: Sequence, *, epochs: int, batch_size: int, key,
-                       metric: str = "val_loss", hand_written: bool = False,
-                       regularizer=None) -> Callable:
-    """A vectorized objective: hypers {name: (trials,) array} -> (trials,) validation scores.
-
-    Every trial starts from the same initial parameters and sees the same batches (common
-    random numbers: differences come from the hyper-parameters alone), trains `epochs`
-    epochs with `make_optimizer(**hypers)` — built inside `jax.vmap` from traced values — and
-    is scored on `validation` ("val_loss", or "val_error" = 1 − accuracy). A trial that meets a
-    non-finite step stops there and scores +inf. Hyper-parameters must be numbers (they are
-    traced); a choice among optimizers or architectures needs a loop (`vectorized=False`).
-    """
-    x, y = (jnp.asarray(a) for a in train)
-    validation = tuple(jnp.asarray(a) for a in validation)
-    init_key, train_key = jax.random.split(key)
-    params, state = compiled(init_program, model)(init_key, tuple(x.shape[1:]))
-    orders = jnp.asarray(np.stack([_train.epoch_order(jax.random.fold_in(train_key, epoch),
-                                                      len(x), batch_size)
-                                   for epoch in range(1, epochs + 1)]))   # fit's batches
-
-    def one_trial(hypers):
-        optimizer = make_optimizer(**hypers)
-        step = _train.make_step(model, loss, optimizer, regularizer=regularizer,
-                                hand_written=hand_written)
-        run_epoch = _train.make_epoch(step, batch_size)
-
-        def body(carry, epoch_and_order):
-            epoch, order = epoch_and_order
-            carry, _ = run_epoch(carry, x, y, jax.random.fold_in(train_key, epoch), order)
-            return carry, None
-
-        carry = _train.start(params, state, optimizer.init(params))
-        carry, _ = jax.lax.scan(body, carry, (jnp.arange(1, epochs + 1), orders))
-        score = _score(model, loss, carry.params, carry.state, validation, metric)
-        return jnp.where(carry.bad_step >= 0, jnp.inf, score)
-
-    run = jax.jit(jax.vmap(one_trial))
-
-    def objective(hypers: dict):
-        return run({k: jnp.asarray(v, jnp.float32) for k, v in hypers.items()})
-
-    return objective
-
-
-# ---------------------------------------------------------------------------------------------
-# The learning-rate range test.
-
-
-class LRRangeResult(NamedTuple):
-    """Loss against an exponentially growing learning rate, up to divergence."""
-
-    learning_rates: np.ndarray
-    losses: np.ndarray
-    smoothed: np.ndarray
-    suggestion: float
-    diverged: bool
-    rule: str
-
-
-def _suggest(lrs, smoothed, rule: str) -> float:
-    best = int(np.argmin(smoothed))
-    if rule == "min/10":
-        return float(lrs[best] / 10.0)
-    if rule == "steepest":
-        if best < 2:
-            return float(lrs[best])
-        slope = np.gradient(smoothed[: best + 1], np.log(lrs[: best + 1]))
-        return float(lrs[int(np.argmin(slope))])
-    raise ValueError(f"lr_range_test: rule must be 'min/10' or 'steepest', received {rule!r}")
-
-
-def lr_range_test(model, loss, make_optimizer: Callable, train: Sequence, *, key,
-                  min_lr: float = 1e-6, max_lr: float = 10.0, steps: int = 100,
-                  batch_size: int = 64, smoothing: float = 0.9, divergence: float = 4.0,
-                  rule: str = "steepest", hand_written: bool = False, params=None,
-                  state=None) -> LRRangeResult:
-    """The LR range test (Smith 2017): one short run with α_t = α_min·(α_max/α_min)^{t/(T−1)}.
-
-    Each step trains on a random batch; the loss is smoothed by a bias-corrected moving
-    average ℓ̄_t = (β·m_{t−1} + (1−β)ℓ_t)/(1−β^{t+1}). The run stops (remaining steps are
-    skipped inside the compiled scan) once ℓ̄ > `divergence` × its minimum so far or a loss is
-    not finite. Suggested LR, `rule="steepest"` (default): the LR where ℓ̄ falls fastest per
-    decade, argmin_t dℓ̄/d(ln α) before the minimum (central differences); `rule="min/10"`: the
-    LR at the smoothed minimum divided by 10. Both land below the edge of divergence; the
-    steepest point moves less with batch noise (on MNIST over 4 seeds and batch sizes 128 and
-    512: 0.048–0.068 against 0.019–0.14 for min/10).
-    `make_optimizer(schedule)` builds the optimizer from a learning-rate schedule.
-    """
-    if not 0 < min_lr < max_lr:
-        raise ValueError(f"lr_range_test: expected 0 < min_lr < max_lr, received {min_lr}, "
-                         f"{max_lr}")
-    if steps < 3:
-        raise ValueError(f"lr_range_test: expected at least 3 steps, received {steps}")
-    x, y = (jnp.asarray(a) for a in train)
-    init_key, train_key = jax.random.split(key)
-    if params is None:
-        params, state = compiled(init_program, model)(init_key, tuple(x.shape[1:]))
-    log_ratio = math.log(max_lr / min_lr)
-    schedule = lambda t: min_lr * jnp.exp(log_ratio * jnp.asarray(t, jnp.float32) / (steps - 1))
-    optimizer = make_optimizer(schedule)
-    step = _train.make_step(model, loss, optimizer, hand_written=hand_written)
-    n = x.shape[0]
-
-    @jax.jit
-    def run(params, state, opt_state):
-        def active(carry, t):
-            p, s, o, mean, best, _ = carry
-            k = jax.random.fold_in(train_key, t)
-            index = jax.random.randint(jax.random.fold_in(k, 1), (batch_size,), 0, n)
-            p, s, o, metrics = step(p, s, o, x[index], y[index], k)
-            value = metrics["loss"]
-            mean = smoothing * mean + (1 - smoothing) * value
-            smooth = mean / (1 - smoothing ** (jnp.asarray(t, mean.dtype) + 1))
-            stop = ~jnp.isfinite(smooth) | (smooth > divergence * best)
-            return (p, s, o, mean, jnp.minimum(best, smooth), stop), (value, smooth, True)
-
-        def skipped(carry, t):
-            return carry, (jnp.nan, jnp.nan, False)
-
-        def body(carry, t):
-            return jax.lax.cond(carry[-1], skipped, active, carry, t)
-
-        start = (params, state, opt_state, jnp.zeros([]), jnp.array(jnp.inf), jnp.array(False))
-        carry, (values, smooth, ran) = jax.lax.scan(body, start, jnp.arange(steps))
-        return values, smooth, ran, carry[-1]
-
-    values, smooth, ran, stopped = run(params, state, optimizer.init(params))
-    ran = np.asarray(ran)
-    lrs = np.asarray(min_lr * np.exp(log_ratio * np.arange(steps) / (steps - 1)))[ran]
-    values, smooth = np.asarray(values, np.float64)[ran], np.asarray(smooth, np.float64)[ran]
-    finite = np.isfinite(smooth)
-    suggestion = _suggest(lrs[finite], smooth[finite], rule)
-    return LRRangeResult(lrs, values, smooth, suggestion, bool(stopped), rule)
+    ranked = tuple(r for r, score in enumerate(objectives) if score is objectives[-1])
+    best = min((results[r] for r in ranked), key=lambda res: res.best_score)
+    return CoarseToFine(results, best.best, best.best_score, ranked)
 
 
 __all__ = ["Choice", "CoarseToFine", "LRRangeResult", "LogUniform", "SearchResult", "Uniform",
            "boundary_warnings", "choice", "coarse_to_fine", "grid_search", "log_uniform",
-           "lr_range_test", "random_search", "sample", "training_objective", "uniform"]
+           "lr_range_test", "random_search", "sample", "top_configs", "training_objective",
+           "uniform"]
