@@ -105,10 +105,10 @@ def _close(a, b, what: str, rtol=_RTOL, atol=_ATOL):
     _expect(jax.tree.structure(a) == jax.tree.structure(b),
             f"{what}: structures differ: {jax.tree.structure(a)} vs {jax.tree.structure(b)}")
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        if jax.dtypes.float0 in (np.result_type(u), np.result_type(v)):   # ∂/∂(integer ids)
-            _expect(np.shape(u) == np.shape(v) and np.result_type(u) == np.result_type(v),
-                    f"{what}: {np.shape(u)} {np.result_type(u)} vs {np.shape(v)} "
-                    f"{np.result_type(v)}")
+        du, dv = (t.dtype if hasattr(t, "dtype") else np.result_type(t) for t in (u, v))
+        if jax.dtypes.float0 in (du, dv):   # ∂/∂(integer ids)
+            _expect(np.shape(u) == np.shape(v) and du == dv,
+                    f"{what}: {np.shape(u)} {du} vs {np.shape(v)} {dv}")
             continue
         u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
         _expect(u.shape == v.shape, f"{what}: shapes differ: {u.shape} vs {v.shape}")

@@ -11,6 +11,19 @@ import pytest
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
+# JAX's persistent compilation cache, shared by the xdist workers, the example subprocesses
+# (through the environment) and later runs: the suite compiles the same program in many tests
+# (equal HLO from different closures), and a second run starts warm. Keyed by the program, the
+# jax version and the flags, so an entry is never reused wrongly; FUNCNN_TEST_XLA_CACHE=off
+# compiles everything afresh, and a JAX_COMPILATION_CACHE_DIR already set is respected.
+if os.environ.get("FUNCNN_TEST_XLA_CACHE", "").lower() not in ("off", "0", "false"):
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                          str(Path(__file__).resolve().parent.parent / ".xla_cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
 
 @pytest.fixture
 def x64():

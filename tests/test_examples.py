@@ -50,3 +50,24 @@ def test_babysit_checklist_writes_every_plot(tmp_path):
                              "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list(tmp_path.glob("*.png"))) == 11
+
+
+def _run_claim(script: str, mnist_dir: str) -> float:
+    """Run an example on real MNIST; the test accuracy of its last line, in percent."""
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / script)],
+                            cwd=ROOT / "examples", env=dict(os.environ, FUNCNN_DATA_DIR=mnist_dir),
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    return float(re.search(r"test accuracy: ([\d.]+)% on 10000 MNIST", last).group(1))
+
+
+# The README's accuracy claims, run as they are stated (CI runs them alone: pytest -m claims -n 0).
+@pytest.mark.claims   # ~5 min on 2 cores
+def test_mnist_cnn_reaches_its_claimed_99_3_percent(mnist_dir):
+    assert _run_claim("mnist_cnn.py", mnist_dir) >= 99.3
+
+
+@pytest.mark.claims   # ~20 min on 2 cores
+def test_mnist_best_reaches_its_claimed_99_5_percent(mnist_dir):
+    assert _run_claim("mnist_best.py", mnist_dir) >= 99.5

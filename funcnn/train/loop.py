@@ -20,7 +20,7 @@ from funcnn import checkpoint, parallel
 from funcnn.optim.base import reads_value_fn
 from funcnn.train import callbacks as cbs
 from funcnn.train.batching import TrainingData, batch_sizes, prepare
-from funcnn.train.cache import compiled, init_program
+from funcnn.train.cache import compiled, init_program, persistent_cache
 from funcnn.train.epoch import (
     DIVERGENCE, epoch_order, exploded, full_batch_step, make_epoch, ratio_columns, start)
 from funcnn.train.evaluate import check_count, check_labels, check_pair, evaluate_checked
@@ -213,7 +213,9 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int,
     (`fn.train.callbacks`, or functions `(epoch, logs, result) -> bool`) see the logs and may
     stop, change hyper-parameters or restore parameters; `early_stopping`, `progress` and `checkpoint_path` (with
     `checkpoint_every`) add EarlyStopping, ProgressBar and Checkpoint. `resume=True`
-    continues the run checkpointed there bit for bit, callbacks' memory included.
+    continues the run checkpointed there bit for bit, callbacks' memory included. Compiled
+    programs are kept on disk for the next run (`fn.train.cache.persistent_cache`; opt out with
+    FUNCNN_COMPILATION_CACHE=off).
 
     `batch_size` is an int B or a schedule: a callable epoch (1, 2, …) -> B, e.g.
     `fn.optim.batch_size_schedule({1: 128, 30: 256})` (growing the batch instead of decaying the
@@ -251,6 +253,7 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int,
         if validation is None and getattr(callback, "monitor", "").startswith("val_"):
             raise ValueError(f"fit: {type(callback).__name__} monitors {callback.monitor!r}, "
                              f"which needs validation=(x, y)")
+    persistent_cache()
     result, memories, reference, stopped = _begin(model, optimizer, np.shape(x)[1:], key,
                                                   (params, state, opt_state), callbacks, resume)
     ratio_every = next((c.every for c in callbacks if isinstance(c, cbs.UpdateRatio)),
