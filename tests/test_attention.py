@@ -256,6 +256,7 @@ def test_all_true_mask_is_no_mask(x64):
     np.testing.assert_array_equal(mask, np.ones((3, 5), bool))
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 @pytest.mark.parametrize("causal", [False, True])
 def test_transformer_block_is_its_composition(x64, causal):
     block = nn.TransformerBlock(2, causal=causal)
@@ -333,6 +334,7 @@ def test_errors():
         nn.PositionalEmbedding(0)
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_batch_is_vmapped_and_masked_pairs_stack_in_serial(x64):
     """Two blocks in `serial` pass (x, mask) along; vmap over a stack of sequences equals the
     batched call."""

@@ -38,6 +38,7 @@ def test_small_rotation_preserves_mass_roughly(images):
     np.testing.assert_allclose(rotated.sum(axis=(1, 2, 3)), images.sum(axis=(1, 2, 3)), rtol=0.15)
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_elastic_with_zero_alpha_is_identity(images):
     chex.assert_trees_all_close(augment.elastic_distortion(jax.random.key(0), images, alpha=0.0),
                                 images, atol=1e-6)

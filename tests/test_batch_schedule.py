@@ -182,6 +182,7 @@ def test_resume_across_a_change_of_batch_size_is_bit_identical(spiral, tmp_path)
     assert resumed.history["loss"] == straight.history["loss"]
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_streaming_with_a_schedule_equals_training_on_the_device(spiral):
     train, _ = spiral
     sizes = fn.optim.batch_size_schedule({1: 30, 2: 70})

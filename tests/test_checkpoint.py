@@ -469,6 +469,7 @@ for _ in range(20):
 """
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_processes_saving_to_one_path_never_leave_a_mixed_or_corrupt_file(tmp_path):
     path = tmp_path / "shared.ckpt"
     writers = [subprocess.Popen([sys.executable, "-c", RACING_WRITER, str(path), str(value)])

@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
+import pytest
+
+from funcnn.train.cache import persistent_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
@@ -46,7 +50,25 @@ def test_a_second_run_loads_its_programs_from_disk_and_trains_identically(tmp_pa
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_the_default_folder_and_the_opt_out(tmp_path):
-    assert _run("", tmp_path)["dir"] == str(tmp_path / "funcnn" / "xla")
-    off = tmp_path / "off-home"
-    assert _run("off", off)["dir"] is None and not (off / "funcnn").exists()
+@pytest.fixture
+def no_cache_configured():
+    """jax's cache settings as a process that configured none (restored afterwards)."""
+    saved = {name: getattr(jax.config, name) for name in (
+        "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+    jax.config.update("jax_compilation_cache_dir", None)
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
+def test_the_default_folder_the_opt_out_and_a_cache_set_through_jax(tmp_path, monkeypatch,
+                                                                   no_cache_configured):
+    monkeypatch.setenv("FUNCNN_COMPILATION_CACHE", "off")
+    assert persistent_cache() is None and jax.config.jax_compilation_cache_dir is None
+    monkeypatch.setenv("FUNCNN_COMPILATION_CACHE", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert persistent_cache() == str(tmp_path / "funcnn" / "xla")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "funcnn" / "xla")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))   # the user's own
+    assert persistent_cache() == str(tmp_path / "mine")

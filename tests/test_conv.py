@@ -410,6 +410,7 @@ def test_an_explicit_algorithm_computes_the_same_bits_in_training_and_evaluation
     chex.assert_trees_all_equal(*_outputs_by_mode(model, params, state, x))
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 @pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-5), (jnp.float64, 1e-12)])
 def test_auto_agrees_between_training_and_evaluation_and_with_every_algorithm(dtype, rtol):
     """apply and forward use one formulation per mode (the same bits); training and evaluation

@@ -125,6 +125,7 @@ def test_layer_stats_match_numpy(x64):
     assert "Relu" in fn.diagnostics.format_stats(stats)
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_layer_stats_of_a_serial_model_equal_those_of_its_layers():
     params, state = SMALL_INIT.init(jax.random.key(0), (8, 8, 1))
     x, y = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1)), jnp.array([0, 1, 2, 3])
@@ -177,6 +178,7 @@ def test_overfit_check_passes_on_a_correct_model_and_fails_on_broken_ones(digits
 
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_layer_stats_with_a_pair_valued_loss_grad():
     """max_margin's `.grad` is (∂/∂s_true, ∂/∂s_corrupt): the model's δ is the first entry, and
     the hand-written statistics equal autodiff's."""

@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import funcnn as fn
 from funcnn import nn
@@ -49,6 +50,7 @@ def _planted_backward(lstm, where):
     return dataclasses.replace(lstm, backward=backward)
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_the_lstm_model_is_finite_end_to_end():
     assert _find(_model(), optimizer=fn.optim.adam(1e-3)) is None
 

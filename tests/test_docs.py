@@ -198,6 +198,7 @@ def test_every_example_is_on_the_examples_page():
         assert (DOCS / image).exists(), f"{image} is missing: run docs/figures/make.py"
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_site_builds_strict(tmp_path):
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings_handlers.python")

@@ -31,6 +31,7 @@ def trained(digits):
     return optimizer, result
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_members_are_the_runs_fit_would_make(digits, trained):
     train, _ = digits
     optimizer, result = trained
@@ -76,6 +77,7 @@ def test_ensemble_prediction_is_the_mean_of_member_probabilities(digits, trained
     assert scores["ensemble_accuracy"] >= scores["accuracy"]
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_fit_scores_probability_outputs_with_from_logits_false(digits):
     """A model ending in a softmax: the recorded ensemble validation loss is −mean ln p̄_y of the
     members' own probabilities, as `evaluate(from_logits=False)` computes it."""

@@ -91,6 +91,7 @@ def test_greedy_generation_slides_the_window():
         np.testing.assert_array_equal(out, window_sum_reference(prompt, steps, context))
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_generation_batched_jitted_and_deterministic_given_key():
     model = nn.Embedding(VOCAB, VOCAB)
     prompt = jnp.array([[2, 3], [6, 0]])

@@ -62,6 +62,7 @@ def test_float32_params_agree_to_float32_precision():
     np.testing.assert_allclose(largest, exact[-2:], atol=1e-4)
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_non_quadratic_matches_eigvalsh_of_jax_hessian(x64):
     """A tanh net at a random (non-critical) point: the spectrum of the dense jax.hessian."""
     f, params = _two_layer(jnp.tanh)

@@ -164,6 +164,7 @@ def test_a_whole_model_passes_gradcheck_and_backprop_agrees(x64):
     chex.assert_trees_all_close(grads, auto_grads, rtol=1e-10, atol=1e-15)
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_a_hand_built_unbalanced_tree(x64):
     # root 0: left → class 0; right → node 1: left → class 1, right → class 2.
     tree = L.Tree(nodes=[[0, 0], [0, 1], [0, 1]], signs=[[1, 0], [-1, 1], [-1, -1]])
@@ -257,6 +258,7 @@ def test_vmaps_over_an_ensemble_of_heads(x64):
     chex.assert_trees_all_close(vmapped, expected, rtol=1e-13)
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_learns_a_task_with_2048_classes():
     # Each of 2048 input ids has its class (a fixed random permutation), with 20 % label noise;
     # embedding → hierarchical softmax, trained by make_step on the hand-written backward.

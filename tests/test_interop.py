@@ -56,6 +56,7 @@ def nchw(x):
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_cnn_from_torch_gives_torch_outputs_with_the_flatten_order_permuted(x64):
     module = randomise(torch_cnn(), 1)
     x = np.random.default_rng(0).normal(size=(3, *IMAGE))
@@ -132,6 +133,7 @@ class Recurrent(torch.nn.Module):
         return self.head(self.norm(self.rnn(self.embed(ids))[0]))
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 @pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
 def test_sequence_models_match_torch_both_ways(kind, x64):
     torch_kind = {"SimpleRNN": "RNN"}.get(kind, kind)

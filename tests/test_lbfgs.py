@@ -175,6 +175,7 @@ def scipy_optimum():
     return found.fun
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_fit_with_lbfgs_reaches_the_scipy_optimum_of_digits_softmax_regression(scipy_optimum):
     """float32 training, one L-BFGS update per epoch; the loss of its parameters evaluated in
     float64 is within 1e-6 of SciPy's float64 minimum."""

@@ -164,6 +164,7 @@ def test_losses_have_docstrings_with_the_formula():
         assert loss.__doc__ and "Gradient" in loss.__doc__, loss.name
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 @pytest.mark.parametrize("shape", [(6,), (2, 3, 4)])
 @pytest.mark.parametrize("loss,pm1", [(L.multilabel_logistic, False), (L.multilabel_hinge, True)])
 def test_multilabel_grad_for_any_rank(loss, pm1, shape, x64):

@@ -115,6 +115,7 @@ def _grad(loss, outputs, targets, kwargs, reduction):
                     argnums=argnums)(outputs, targets)
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 @pytest.mark.parametrize("name", NAMES)
 def test_none_is_the_per_item_formula_and_mean_sum_reduce_it(name, x64):
     loss, outputs, targets, kwargs, reference, shape = _cases()[name]

@@ -29,6 +29,7 @@ def _dtypes(tree):
     return jax.tree.map(lambda a: jnp.result_type(a), tree)
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 @pytest.mark.parametrize("x_dtype,param_dtype", [(jnp.float32, jnp.float64),
                                                  (jnp.float64, jnp.float32)])
 @pytest.mark.parametrize("name,layer,in_shape,train", TABLE)

@@ -116,6 +116,7 @@ def max_relative_deviation(ours, theirs):
                for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)))
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 @pytest.mark.parametrize("name", list(CASES))
 def test_trajectory_matches_torch(name, x64):
     opt, make_torch_opt, torch_kwargs = CASES[name]

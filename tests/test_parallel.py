@@ -70,6 +70,7 @@ def measured():
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_eight_devices_step_equals_one_device_step(measured):
     assert measured["devices"] == 8
     assert measured["dense_step_diff"] < 1e-5

@@ -207,6 +207,7 @@ def test_bptt_by_hand_over_50_steps_equals_grad_of_the_reference_scan(kind, x64)
     chex.assert_trees_all_close((dp, dx), (dp_ref, dx_ref), rtol=1e-9, atol=1e-13)
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 @pytest.mark.parametrize("kind,return_sequences", [("LSTM", True), ("GRU", True),
                                                    ("LSTM", False), ("GRU", False)])
 def test_a_padded_tail_gives_the_loss_and_gradients_of_the_unpadded_sequences(
@@ -327,6 +328,7 @@ def test_bad_arguments_are_refused():
         nn.Bidirectional(nn.LSTM(2)).apply({}, {}, jnp.zeros((1, 3, 2)))
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_fit_learns_to_carry_the_first_bit_through_five_distractors():
     """y = x_0 of 6 random bits, read from the final hidden state: step 0 reaches the output only
     through the carried state (chance is 1/2), so ≥ 97 % means state carries information across

@@ -136,6 +136,7 @@ def momentum_with_decay(learning_rate, weight_decay):
                           fn.optim.sgd(learning_rate, momentum=0.9))
 
 
+@pytest.mark.slow   # second line of the default run (CI runs it: pytest -m slow)
 def test_fit_configs_members_are_the_fit_runs_of_their_configs(digits):
     """Member i is fit's run with make_optimizer(**configs[i]) and key split(key, k)[i] (checked
     for the last member: a shifted or swapped pairing of configs, keys and members fails)."""
