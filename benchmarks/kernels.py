@@ -74,9 +74,9 @@ def main():
     steps = len(x) // batch
     step = fn.train.make_step(model, fn.losses.softmax_cross_entropy, optimizer,
                               hand_written=args.hand_written)
-    epoch = jax.jit(fn.train.make_epoch(step, batch, guard=False))
+    epoch = jax.jit(fn.train.make_epoch(step, batch))   # fit's guarded epoch program
     params, state = model.init(jax.random.key(0), x.shape[1:])
-    carry = fn.train.EpochCarry(params, state, optimizer.init(params), jnp.array(-1))
+    carry = fn.train.start(params, state, optimizer.init(params))
     x, y = jnp.asarray(x), jnp.asarray(y)
     order = jnp.asarray(fn.train.epoch_order(jax.random.key(1), len(x), batch))
     compiled = epoch.lower(carry, x, y, jax.random.key(1), order).compile()
