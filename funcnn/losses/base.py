@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnn.checks import describe_shape
+
 __all__ = ["LOG_FLOOR", "Loss", "REDUCTIONS", "are_class_ids", "check_label_range",
            "check_probabilities", "check_same_shape", "clamped_log", "compute_dtype",
            "count_elements", "count_examples", "describe_shape", "hinge", "is_concrete",
@@ -132,11 +134,6 @@ def count_elements(z) -> int:
 def count_examples(z) -> int:
     """The number of examples of per-example outputs (..., attributes): all axes but the last."""
     return math.prod(z.shape[:-1])
-
-
-def describe_shape(shape) -> str:
-    """(2, 3), (4,), (): a shape as it reads in an error message."""
-    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 def _is_floating(x) -> bool:

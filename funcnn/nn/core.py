@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from funcnn.checks import describe_shape, is_positive_int
 from funcnn.values import config_of, describe, tag
 
 __all__ = ["Layer", "along_last_axis", "as_layer", "carried_shape", "check_entry", "check_floating",
@@ -107,10 +108,6 @@ class Layer:
 # Input checks shared by every layer: clear errors before XLA sees a bad array.
 
 
-def describe_shape(shape) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
 def check_floating(layer: str, x) -> None:
     """Raise TypeError unless `x` is a floating-point array."""
     dtype = getattr(x, "dtype", None)
@@ -136,11 +133,6 @@ def check_last_dim(layer: str, x, expected: int, what: str = "features") -> None
     if x.shape[-1] != expected:
         raise ValueError(f"{layer}: expected {expected} input {what} (last axis), received "
                          f"{x.shape[-1]} in an input of shape {describe_shape(x.shape)}")
-
-
-def is_positive_int(value) -> bool:
-    """A positive integer: a Python or NumPy int (np.int64(3) too), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
 
 
 def check_in_shape(layer: str, in_shape, min_rank: int = 0) -> Shape:

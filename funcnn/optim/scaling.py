@@ -25,7 +25,7 @@ import math
 import numbers
 from typing import Mapping, NamedTuple
 
-from funcnn.nn.core import is_positive_int
+from funcnn.checks import is_positive_int
 from funcnn.optim import schedules
 
 __all__ = ["BatchDecay", "EpochSchedule", "batch_size_for_decay", "batch_size_schedule",
