@@ -56,7 +56,7 @@ def _run_claim(script: str, mnist_dir: str) -> float:
     """Run an example on real MNIST; the test accuracy of its last line, in percent."""
     result = subprocess.run([sys.executable, str(ROOT / "examples" / script)],
                             cwd=ROOT / "examples", env=dict(os.environ, FUNCNN_DATA_DIR=mnist_dir),
-                            capture_output=True, text=True, timeout=1800)
+                            capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
     return float(re.search(r"test accuracy: ([\d.]+)% on 10000 MNIST", last).group(1))
@@ -68,6 +68,6 @@ def test_mnist_cnn_reaches_its_claimed_99_3_percent(mnist_dir):
     assert _run_claim("mnist_cnn.py", mnist_dir) >= 99.3
 
 
-@pytest.mark.claims   # ~20 min on 2 cores
+@pytest.mark.claims   # ~23 min on 2 cores
 def test_mnist_best_reaches_its_claimed_99_5_percent(mnist_dir):
     assert _run_claim("mnist_best.py", mnist_dir) >= 99.5
