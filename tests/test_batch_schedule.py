@@ -1,7 +1,6 @@
 """Learning rate and batch size: the scaling rules, Smith et al.'s decay-as-batch-growth, and
 `fit` with a batch-size schedule (sizes and steps used, one program per size, bit-exact resume,
 refusals)."""
-import contextlib
 import math
 import types
 
@@ -15,23 +14,9 @@ from funcnn import nn
 from funcnn.train import cache, loop
 from funcnn.train.batching import batch_sizes
 
+from compile_count import compilations
+
 LOSS = fn.losses.softmax_cross_entropy
-
-
-@contextlib.contextmanager
-def compilations():
-    """Count XLA compilations inside the block (as tests/test_train_core.py does)."""
-    events = []
-    listener = lambda name, seconds, **kw: events.append(name)
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield lambda: events.count("/jax/core/compile/backend_compile_duration")
-    finally:
-        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
-        if unregister is None:   # jax < 0.8.1 has only the private one
-            from jax._src.monitoring import (
-                _unregister_event_duration_listener_by_callback as unregister)
-        unregister(listener)
 
 
 def _fit(data, batch_size, optimizer=None, **options):

@@ -1,6 +1,5 @@
 """The composable training core: callbacks that steer, parameter groups, one guarded epoch
 program, values instead of closures (compilations counted), loggers, argument checks."""
-import contextlib
 import csv
 import io
 import json
@@ -16,6 +15,8 @@ import pytest
 import funcnn as fn
 from funcnn import nn
 
+from compile_count import compilations
+
 LOSS = fn.losses.softmax_cross_entropy
 
 
@@ -27,22 +28,6 @@ def _fit(data, optimizer=None, **options):
     defaults = dict(epochs=6, batch_size=30, key=jax.random.key(0), progress=False)
     optimizer = fn.optim.sgd(0.5, momentum=0.9) if optimizer is None else optimizer
     return fn.train.fit(_model(), LOSS, optimizer, data, **{**defaults, **options})
-
-
-@contextlib.contextmanager
-def compilations():
-    """Count XLA compilations inside the block: `with compilations() as count: ...; count()`."""
-    events = []
-    listener = lambda name, seconds, **kw: events.append(name)
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield lambda: events.count("/jax/core/compile/backend_compile_duration")
-    finally:
-        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
-        if unregister is None:   # jax < 0.8.1 has only the private one
-            from jax._src.monitoring import (
-                _unregister_event_duration_listener_by_callback as unregister)
-        unregister(listener)
 
 
 def _info(epoch, logs, result):
