@@ -63,18 +63,12 @@ def describe(hlo_text: str, kernel: str) -> tuple[str, str]:
     return match.group(1), (op.group(1).split("/")[-1] if op else "")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=["A", "B", "C"], default="C")
-    parser.add_argument("--hand-written", action="store_true")
-    parser.add_argument("--top", type=int, default=25)
-    args = parser.parse_args()
-    model, optimizer, x, y = workload(args.workload)
-    batch = 128
-    steps = len(x) // batch
+def warm_epoch(model, optimizer, x, y, batch: int, hand_written: bool = False):
+    """fit's guarded epoch program over (x, y), compiled and run once: (compiled, run() -> one more
+    epoch, ms per step of a timed warm epoch)."""
     step = fn.train.make_step(model, fn.losses.softmax_cross_entropy, optimizer,
-                              hand_written=args.hand_written)
-    epoch = jax.jit(fn.train.make_epoch(step, batch))   # fit's guarded epoch program
+                              hand_written=hand_written)
+    epoch = jax.jit(fn.train.make_epoch(step, batch))
     params, state = model.init(jax.random.key(0), x.shape[1:])
     carry = fn.train.start(params, state, optimizer.init(params))
     x, y = jnp.asarray(x), jnp.asarray(y)
@@ -84,8 +78,21 @@ def main():
     run()
     start = time.perf_counter()
     run()
+    return compiled, run, (time.perf_counter() - start) / (len(x) // batch) * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=["A", "B", "C"], default="C")
+    parser.add_argument("--hand-written", action="store_true")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    model, optimizer, x, y = workload(args.workload)
+    batch = 128
+    steps = len(x) // batch
+    compiled, run, ms = warm_epoch(model, optimizer, x, y, batch, args.hand_written)
     print(f"workload {args.workload} ({'hand-written' if args.hand_written else 'jax.grad'}): "
-          f"{(time.perf_counter() - start) / steps * 1e3:.2f} ms per step unprofiled")
+          f"{ms:.2f} ms per step unprofiled")
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             run()

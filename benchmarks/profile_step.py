@@ -52,6 +52,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import funcnn as fn  # noqa: E402
 import cnn  # noqa: E402
+import kernels  # noqa: E402
 
 B = cnn.BATCH
 ROWS = ["conv1 forward", "conv2 forward", "conv1 input grad", "conv2 input grad",
@@ -251,18 +252,7 @@ def shared_time(segments):
 def profile_funcnn(steps, show):
     x, y = cnn.data(n=steps * B)
     model, optimizer = cnn.funcnn_model(), fn.optim.adam(cnn.LR)
-    step = fn.train.make_step(model, fn.losses.softmax_cross_entropy, optimizer)
-    epoch = jax.jit(fn.train.make_epoch(step, B))
-    params, state = model.init(jax.random.key(0), x.shape[1:])
-    carry = fn.train.start(params, state, optimizer.init(params))
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    order = jnp.asarray(fn.train.epoch_order(jax.random.key(1), len(x), B))
-    compiled = epoch.lower(carry, x, y, jax.random.key(1), order).compile()
-    run = lambda: jax.block_until_ready(compiled(carry, x, y, jax.random.key(1), order))
-    run()
-    start = time.perf_counter()
-    run()
-    plain = (time.perf_counter() - start) / steps * 1e3
+    compiled, run, plain = kernels.warm_epoch(model, optimizer, x, y, B)
     hlo = Hlo(compiled.as_text())
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):

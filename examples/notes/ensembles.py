@@ -26,6 +26,8 @@ import time
 
 import jax
 
+import _common as c
+
 import funcnn as fn
 from funcnn import nn
 
@@ -56,9 +58,9 @@ def main():
     begin = time.perf_counter()
     key = jax.random.key(args.seed)
 
-    x, y = fn.data.mnist("train")
-    train = x[:s["train"]], y[:s["train"]]
-    validation = x[50_000:50_000 + s["validation"]], y[50_000:50_000 + s["validation"]]
+    train, validation = c.mnist_split()   # the first 50 000 / the last 10 000, cut for --quick
+    train = tuple(a[:s["train"]] for a in train)
+    validation = tuple(a[:s["validation"]] for a in validation)
     model = nn.serial(nn.Flatten(), nn.Dense(100), nn.Relu(), nn.Dense(10))
     batch_size, epochs, k = s["batch_size"], s["epochs"], s["members"]
 
@@ -119,12 +121,12 @@ def main():
     member_mean = scores[f"top-{k} ensemble"]["accuracy"]
     print(f"top-{k} members' mean validation accuracy: {member_mean:.4f}")
 
-    x_test, y_test = fn.data.mnist("test")          # the test split, touched once, here
-    test = x_test[:s["test"]], y_test[:s["test"]]
-    print(f"\n{'':34}{'epochs':>8}{'val acc':>10}{'test acc':>10}")
-    for name, (p, st, cost) in rows.items():
-        tested = fn.ensemble.evaluate(model, LOSS, p, st, test)["ensemble_accuracy"]
-        print(f"{name:34}{cost:>8}{scores[name]['ensemble_accuracy']:>10.4f}{tested:>10.4f}")
+    test = tuple(a[:s["test"]] for a in c.mnist_test())   # the test split, touched once, here
+    tested = {name: fn.ensemble.evaluate(model, LOSS, p, st, test)["ensemble_accuracy"]
+              for name, (p, st, _) in rows.items()}
+    print("\n" + c.table(["", "epochs", "val acc", "test acc"],
+                         [[name, cost, f"{scores[name]['ensemble_accuracy']:.4f}",
+                           f"{tested[name]:.4f}"] for name, (_, _, cost) in rows.items()]))
     print(f"\nwall time {time.perf_counter() - begin:.0f} s "
           f"({len(test[0])} test images{', quick' if args.quick else ''})")
 
