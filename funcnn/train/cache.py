@@ -31,6 +31,7 @@ def compiled(build: Callable[..., Any], *config) -> Any:
     except TypeError:   # an unhashable argument: nothing to key on
         return build(*config)
     if found is None:
+        persistent_cache()   # every program built here is also kept on disk for the next run
         found = _programs[key] = build(*config)
         if len(_programs) > MAX_PROGRAMS:
             _programs.popitem(last=False)
@@ -53,7 +54,8 @@ def clear_caches() -> None:
 
 def persistent_cache() -> str | None:
     """Turn on JAX's persistent compilation cache, so a second run of a script loads its
-    programs from disk instead of compiling them; `fit` calls this. Returns the folder, or None.
+    programs from disk instead of compiling them; `compiled` calls this before each build (so
+    `fit`, `fn.ensemble` and `fn.diagnostics` programs are all kept). Returns the folder, or None.
 
     The folder is $FUNCNN_COMPILATION_CACHE, else $XDG_CACHE_HOME/funcnn/xla (~/.cache/funcnn/xla);
     every program compiled from then on in the process is stored (jax's

@@ -20,7 +20,7 @@ from funcnn import checkpoint, parallel
 from funcnn.optim.base import reads_value_fn
 from funcnn.train import callbacks as cbs
 from funcnn.train.batching import TrainingData, batch_sizes, prepare
-from funcnn.train.cache import compiled, init_program, persistent_cache
+from funcnn.train.cache import compiled, init_program
 from funcnn.train.epoch import (
     DIVERGENCE, epoch_order, exploded, full_batch_step, make_epoch, ratio_columns, start)
 from funcnn.train.evaluate import check_count, check_labels, check_pair, evaluate_checked
@@ -253,7 +253,6 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int,
         if validation is None and getattr(callback, "monitor", "").startswith("val_"):
             raise ValueError(f"fit: {type(callback).__name__} monitors {callback.monitor!r}, "
                              f"which needs validation=(x, y)")
-    persistent_cache()
     result, memories, reference, stopped = _begin(model, optimizer, np.shape(x)[1:], key,
                                                   (params, state, opt_state), callbacks, resume)
     ratio_every = next((c.every for c in callbacks if isinstance(c, cbs.UpdateRatio)),
