@@ -79,18 +79,23 @@ def matmul_ceiling(m=128, k=784, n=512, seconds=2.0) -> float:
 
 
 def report(title: str, results: dict, *, reference: str | None = None, extra: dict | None = None):
-    """Print a table (and a JSON line) of the results; ratios against `reference`."""
+    """Print a table (and a JSON line) of the results; ratios against `reference`: of the median
+    rates, and paired (the median over rounds of each round's rate ÷ the reference's rate in the
+    same round, which cancels the machine's slow drift between rounds)."""
     print(f"\n{title}")
     header = f"{'contender':<34}{'samples/s':>12}{'first step s':>14}{'epoch s':>10}{'peak MiB':>10}"
     if reference:
-        header += f"{'ratio':>8}"
-        print(f"(ratio: samples/s ÷ {reference}'s)")
+        header += f"{'ratio':>8}{'paired':>8}"
+        print(f"(ratio: samples/s ÷ {reference}'s; paired: median of per-round ratios)")
     print(header)
     for name, r in sorted(results.items(), key=lambda kv: -kv[1]["samples_per_s"]):
         line = (f"{name:<34}{r['samples_per_s']:>12,.0f}{r['first_step_s']:>14.2f}"
                 f"{r.get('epoch_s', float('nan')):>10.2f}{r['peak_rss_mib']:>10.0f}")
         if reference:
             line += f"{r['samples_per_s'] / results[reference]['samples_per_s']:>7.2f}x"
+            r["paired_ratio"] = statistics.median(
+                a / b for a, b in zip(r["rates"], results[reference]["rates"]))
+            line += f"{r['paired_ratio']:>7.2f}x"
         print(line)
     print("JSON " + json.dumps({"title": title, "results": results, **(extra or {})}))
     sys.stdout.flush()
@@ -125,9 +130,10 @@ def looped(step, carry, batches):
 
 
 def fit_epochs(model, loss, optimizer, x, y, *, batch: int, hand_written: bool = False):
-    """(first_step, run_steps) for `fn.train.fit`, one epoch per call, each continuing from the
-    previous call's state. Its first step runs inside the first compiled epoch, so first_step
-    reports that epoch's time less a steady epoch's, plus one steady step."""
+    """(first_step, run_steps) for `fn.train.fit`: run_steps(n) is one call of ≈ n steps' worth
+    of epochs, continuing from the previous call's state (as a user's fit(epochs=k) runs). Its
+    first step runs inside the first compiled epoch, so first_step reports that epoch's time
+    less a steady epoch's, plus one steady step."""
     import funcnn as fn
     x, y = jnp.asarray(x), jnp.asarray(y)   # on the device once, as fit(epochs=k) would
     steps_per_call = len(x) // batch
@@ -136,11 +142,10 @@ def fit_epochs(model, loss, optimizer, x, y, *, batch: int, hand_written: bool =
 
     def run_epochs(epochs):
         params, model_state, opt_state = state["result"]
-        for _ in range(epochs):
-            params, model_state, opt_state, *_ = fn.train.fit(
-                model, loss, optimizer, (x, y), epochs=1, batch_size=batch,
-                key=jax.random.key(0), progress=False, hand_written=hand_written, params=params,
-                state=model_state, opt_state=opt_state)
+        params, model_state, opt_state, *_ = fn.train.fit(
+            model, loss, optimizer, (x, y), epochs=epochs, batch_size=batch,
+            key=jax.random.key(0), progress=False, hand_written=hand_written, params=params,
+            state=model_state, opt_state=opt_state)
         state["result"] = block((params, model_state, opt_state))
 
     def timed_epoch():

@@ -1,7 +1,7 @@
 """The training core's overheads, in one process, alternating (issue 17's speed bars).
 
     python benchmarks/train_core.py [--workload A|B|both] [--seconds 3] [--repeats 3]
-                                    [--only steps|epochs]
+                                    [--only steps|epochs] [--contenders fit,bare]
 
 Per workload (benchmarks/mlp.py's A: 784-512-512-10 ReLU Adam; B: the notes' 784-64-16-10
 sigmoid/tanh SGD; batch 128, 60 000 examples on the device):
@@ -123,12 +123,24 @@ def epoch_program(spec, x, y, ratio_every):
     return epochs_of(run_epoch, fn.train.start(params, state, opt.init(params)), x, y)
 
 
+def chosen(contenders, fragments, reference):
+    """The reference and the contenders whose names contain one of the comma-separated fragments
+    (all when fragments is None): fewer contenders make each alternating round shorter."""
+    if fragments is None:
+        return contenders
+    wanted = [f.strip() for f in fragments.split(",")]
+    return {name: make for name, make in contenders.items()
+            if name == reference or any(f in name for f in wanted)}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--workload", choices=["A", "B", "both"], default="both")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", choices=["steps", "epochs"], default=None)
+    parser.add_argument("--contenders", default=None,
+                        help="comma-separated name fragments: run only the reference and these")
     args = parser.parse_args()
     x, y = data()
     batches = device_batches(x, y)
@@ -140,6 +152,7 @@ def main():
                  "make_step loop": lambda: make_step_loop(spec, batches),
                  "make_step loop, metrics dropped in the jit": lambda: make_step_loop(
                      spec, batches, with_loss=False)}
+        steps = chosen(steps, args.contenders, "stax loop (plain JAX)")
         if args.only != "epochs":
             report(f"{name}: per-step loops", measure(steps, batch=BATCH, seconds=args.seconds,
                                                       repeats=args.repeats),
@@ -152,6 +165,7 @@ def main():
                   "epoch program (guarded)": lambda: epoch_program(spec, dx, dy, None),
                   "fit": lambda: fit_epochs(funcnn_model(spec), LOSS, funcnn_optimizer(spec),
                                             x, y, batch=BATCH)}
+        epochs = chosen(epochs, args.contenders, "bare lax.scan of make_step")
         report(f"{name}: whole epochs", measure(epochs, batch=BATCH, seconds=args.seconds,
                                                 repeats=args.repeats),
                reference="bare lax.scan of make_step")

@@ -51,13 +51,23 @@ class TrainingData(NamedTuple):
         nbytes = self.images.nbytes + self.labels.nbytes
         return max(self.budget // max(nbytes * batch_size // len(self.images), 1), 1)
 
-    def run(self, program, carry: EpochCarry, epoch_key, batch_size: int):
-        """One epoch of `program` (compiled for `batch_size`): (carry, metrics as numpy rows)."""
+    def order(self, epoch_key, batch_size: int):
+        """The epoch's (steps, batch_size) example indices (`epoch_order`), on the device when the
+        data is."""
         order = epoch_order(epoch_key, len(self.images), batch_size)
+        return order if self.budget is not None else self.place(jnp.asarray(order))
+
+    def run(self, program, carry: EpochCarry, epoch_key, batch_size: int, order=None,
+            meanwhile: Callable[[], Any] = lambda: None):
+        """One epoch of `program` (compiled for `batch_size`) over `order` (default
+        `self.order(epoch_key, batch_size)`): (carry, metrics as numpy rows, meanwhile()).
+        `meanwhile` runs after the epoch is dispatched, before its results are awaited: host work
+        for the next epoch that overlaps this one's device work."""
+        order = self.order(epoch_key, batch_size) if order is None else order
         if self.budget is None:
-            carry, metrics = program(self.place(carry), self.images, self.labels, epoch_key,
-                                     self.place(jnp.asarray(order)))
-            return carry, jax.tree.map(np.asarray, metrics)
+            carry, metrics = program(self.place(carry), self.images, self.labels, epoch_key, order)
+            ahead = meanwhile()
+            return carry, jax.tree.map(np.asarray, metrics), ahead
         parts, chunk = [], self.chunk(batch_size)
         for first in range(0, len(order), chunk):
             rows = order[first:first + chunk]
@@ -71,7 +81,7 @@ class TrainingData(NamedTuple):
                 parts.append(jax.tree.map(lambda m: np.full((skipped, *m.shape[1:]), np.nan,
                                                             m.dtype), parts[-1]))
                 break
-        return carry, jax.tree.map(lambda *m: np.concatenate(m), *parts)
+        return carry, jax.tree.map(lambda *m: np.concatenate(m), *parts), meanwhile()
 
 
 def prepare(x, y, max_device_bytes: int, mesh) -> TrainingData:

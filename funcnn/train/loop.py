@@ -261,6 +261,11 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int,
                              size, augment, mesh, divergence, ratio_every) for size in set(sizes)}
     programs = {}   # batch size -> its epoch program, fetched from the cache on first use
     data, train_key = prepare(x, y, max_device_bytes, mesh), jax.random.split(key)[1]
+    def epoch_input(epoch):   # the epoch's key and batch order: functions of (key, epoch, B)
+        epoch_key = jax.random.fold_in(train_key, epoch)
+        return epoch_key, data.order(epoch_key, sizes[epoch - 1])
+
+    upcoming = {}   # epoch -> its input, prepared while the epoch before ran on the device
     info = lambda logs, stopping=False: cbs.EpochInfo(
         result.epoch, epochs, logs, result, stopping,
         lambda: _snapshot(result, callbacks, memories, key, reference, stopping))
@@ -274,9 +279,10 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int,
             config = configs[sizes[epoch - 1]]
             if config.batch_size not in programs:
                 programs[config.batch_size] = compiled(_epoch_program, config)
-            result, logs, reference = _train_epoch(
+            following = (lambda e=epoch + 1: {e: epoch_input(e)}) if epoch < epochs else dict
+            result, logs, reference, upcoming = _train_epoch(
                 programs[config.batch_size], config, data, result, reference,
-                jax.random.fold_in(train_key, epoch), validation)
+                upcoming.pop(epoch, None) or epoch_input(epoch), following, validation)
             memories = list(memories)
             for i, callback in enumerate(callbacks):
                 memories[i], changes = callback.on_epoch_end(memories[i], info(logs, stopped))
@@ -294,12 +300,14 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int,
 
 
 def _train_epoch(program, config: _Config, data: TrainingData, result: FitResult, reference: float,
-                 epoch_key, validation):
-    """Run the epoch after `result`'s and log it: (result, logs, reference), or raise
+                 epoch_input, meanwhile, validation):
+    """Run the epoch after `result`'s on `epoch_input` = (epoch key, order) and log it:
+    (result, logs, reference, meanwhile() — run while the device works), or raise
     TrainingDiverged."""
-    begin = time.perf_counter()
-    carry, metrics = data.run(program, start(result.params, result.state, result.opt_state,
-                                             reference), epoch_key, config.batch_size)
+    begin, (epoch_key, order) = time.perf_counter(), epoch_input
+    carry, metrics, ahead = data.run(program, start(result.params, result.state, result.opt_state,
+                                                    reference), epoch_key, config.batch_size,
+                                     order, meanwhile)
     reference, bad_step = float(carry.reference), int(carry.bad_step)
     logs = epoch_logs(metrics, bad_step, carry.params)
     if validation is not None and bad_step < 0:
@@ -316,7 +324,7 @@ def _train_epoch(program, config: _Config, data: TrainingData, result: FitResult
         raise _diverged(config, data, result, epoch_key, metrics["loss"][bad_step], bad_step,
                         reference)
     logs["samples_per_second"] = len(metrics["loss"]) * config.batch_size / logs["epoch_time"]
-    return result, logs, reference
+    return result, logs, reference, ahead
 
 
 def _diverged(config: _Config, data: TrainingData, result: FitResult, epoch_key, bad_loss, bad_step,
