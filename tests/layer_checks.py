@@ -2,6 +2,8 @@
 
 hand-written `backward` == `jax.vjp` (float64, rtol 1e-9) == centered finite differences
 (relative error < 1e-7), for the parameters and the input, plus shape inference == apply.
+Under chex's variants the finite differences run in the eager variant only: they evaluate the
+layer through `fn.gradcheck.numerical_grad`'s own program, the same in every variant.
 """
 import chex
 import jax
@@ -14,6 +16,11 @@ BATCH = 3
 FD_TOL = 1e-7     # the notes' "good" threshold for centered differences in float64
 FD_FLOOR = 1e-9   # both |a|, |b| below this: numerically zero, counted as agreeing
 LEAF_SCALE = 1e-3  # fn.gradcheck.check's default leaf_scale
+
+
+def is_jitted(variant) -> bool:
+    """Whether a chex variant is the jitted one (the finite differences are left to the other)."""
+    return getattr(variant, "type", None) is chex.ChexVariantType.WITH_JIT
 
 
 def init_float64(layer, in_shape, seed=0):
@@ -51,6 +58,8 @@ def assert_layer_gradients(layer, in_shape, variant, *, train=False, seed=0, x=N
     auto = vjp(cotangent)
     chex.assert_trees_all_close(hand, auto, rtol=1e-9, atol=1e-12)
     chex.assert_tree_all_finite(hand)
+    if is_jitted(variant):
+        return hand
 
     def scalar(px):
         out = layer.apply(px[0], state, px[1], key=key, train=train)[0]

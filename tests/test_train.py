@@ -270,6 +270,34 @@ def test_augmentation_is_applied_per_batch(spiral):
     assert not np.allclose(result.params[0]["w"], _fit(train, epochs=2).params[0]["w"])
 
 
+def test_an_augmented_epoch_is_the_loop_over_its_augmented_batches(spiral, x64):
+    """Step i trains on augment(fold_in(k_i, 1), x[order[i]]) with the step key fold_in(k_i, 0),
+    k_i = fold_in(epoch_key, first + i), across stretches (check_every=4: the batch made one step
+    ahead crosses them) and for a chunk that starts at `first`; a hand loop of `make_step`."""
+    (x, y), _ = spiral
+    x, y = jnp.asarray(x, jnp.float64), jnp.asarray(y)
+    model = nn.serial(nn.Dense(8), nn.Tanh(), nn.Dropout(0.3), nn.Dense(3))
+    params, state = fn.backprop.cast_floats(model.init(jax.random.key(0), (2,)), jnp.float64)
+    opt = fn.optim.sgd(0.1, momentum=0.9)
+    step = fn.train.make_step(model, LOSS, opt)
+    noisy = lambda key, batch: batch * (1 + 0.1 * jax.random.normal(key, batch.shape, batch.dtype))
+    order, epoch_key = jnp.asarray(fn.train.epoch_order(jax.random.key(1), 300, 20)), \
+        jax.random.key(2)
+    for first in (0, 5):
+        epoch = jax.jit(fn.train.make_epoch(step, 20, noisy, check_every=4))
+        carry, metrics = epoch(fn.train.start(params, state, opt.init(params)), x, y, epoch_key,
+                               order, first)
+        trees, losses = (params, state, opt.init(params)), []
+        for i, rows in enumerate(order):
+            key = jax.random.fold_in(epoch_key, first + i)
+            *trees, m = step(*trees, noisy(jax.random.fold_in(key, 1), x[rows]), y[rows],
+                             jax.random.fold_in(key, 0))
+            losses.append(m["loss"])
+        chex.assert_trees_all_close((carry.params, carry.opt_state), (trees[0], trees[2]),
+                                    rtol=1e-10)
+        np.testing.assert_allclose(metrics["loss"], losses, rtol=1e-10)
+
+
 def test_bad_arguments(spiral):
     (x, y), validation = spiral
     with pytest.raises(ValueError, match="expected as many targets as inputs"):

@@ -157,15 +157,19 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *,
                              f"received {images.shape[0]} examples")
         first = jnp.asarray(first, jnp.int32)
 
-        def body(carry: EpochCarry, i, sample, before):
-            """Step i from `carry` (with ‖Δθ‖/‖θ‖ against `before` when `sample`); its metrics
-            row; whether its loss fails the check."""
+        def batch(i):
+            """Step i's batch, augmented."""
             x, y = images[order[i]], labels[order[i]]
-            key = jax.random.fold_in(epoch_key, first + i)
             if augment is not None:
-                x = augment(jax.random.fold_in(key, 1), x)
+                x = augment(jax.random.fold_in(jax.random.fold_in(epoch_key, first + i), 1), x)
+            return x, y
+
+        def body(carry: EpochCarry, i, sample, before, xy):
+            """Step i on its batch `xy` from `carry` (with ‖Δθ‖/‖θ‖ against `before` when
+            `sample`); its metrics row; whether its loss fails the check."""
+            key = jax.random.fold_in(epoch_key, first + i)
             params, state, opt_state, metrics = step(carry.params, carry.state, carry.opt_state,
-                                                     x, y, jax.random.fold_in(key, 0))
+                                                     *xy, jax.random.fold_in(key, 0))
             if ratio_every is not None:
                 metrics = {**metrics, "update_ratio": jax.lax.cond(
                     sample, lambda: _ratio_row(params, before),
@@ -176,7 +180,7 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *,
             return carry._replace(params=params, state=state, opt_state=opt_state,
                                   reference=reference.astype(jnp.float32)), metrics, failed
 
-        row = jax.eval_shape(lambda c: body(c, 0, True, c.params)[1], carry)
+        row = jax.eval_shape(lambda c: body(c, 0, True, c.params, batch(0))[1], carry)
         rows = jax.tree.map(lambda r: jnp.full((steps, *r.shape), jnp.nan, jnp.float32)
                             .astype(r.dtype) if jnp.issubdtype(r.dtype, jnp.inexact) else
                             jnp.zeros((steps, *r.shape), r.dtype), row)
@@ -191,15 +195,21 @@ def make_epoch(step, batch_size: int, augment: Callable | None = None, *,
             sample = (first + loop.i) % stretch == 0   # ratios only where `before` is the start
 
             def next_step(inner):
-                j, current, rows, _ = inner
+                j, current, rows, _, ahead = inner
+                xy = batch(j) if ahead is None else ahead
                 current, step_row, failed = body(current, j, sample & (j == loop.i),
-                                                 loop.carry.params)
+                                                 loop.carry.params, xy)
                 rows = jax.tree.map(lambda rs, r: rs.at[j].set(r), rows, step_row)
-                return j + 1, current, rows, failed
+                ahead = None if ahead is None else batch(jnp.minimum(j + 1, steps - 1))
+                return j + 1, current, rows, failed, ahead
 
-            _, after, rows, failed = jax.lax.while_loop(
+            # An augmented batch is made one step ahead and carried, so that it is computed once:
+            # fused into its consumer (e.g. a convolution's patch gather, which reads each pixel
+            # up to k² times), a resampling augmentation would be recomputed for every read.
+            _, after, rows, failed, _ = jax.lax.while_loop(
                 lambda inner: (inner[0] < end) & ~inner[3], next_step,
-                (loop.i, loop.carry, loop.rows, jnp.array(False)))
+                (loop.i, loop.carry, loop.rows, jnp.array(False),
+                 None if augment is None else batch(loop.i)))
             ok = ~failed & _sound(after)
             kept = jax.tree.map(lambda a, b: jnp.where(ok, a, b), after, loop.carry)
             bad_step = jnp.where(ok | ~replaying, -1, first + loop.i).astype(jnp.int32)
