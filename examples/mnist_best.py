@@ -9,10 +9,13 @@ p̄(x) = (1/K) Σ_k softmax(f_k(x)) (the notes' "ensemble of networks").
     FUNCNN_DATA_DIR=../shared/data/mnist python examples/mnist_best.py --dataset fashion
 
 `--validation` is for choosing settings: it trains on the first 50 000 training images and
-scores every member and the ensemble on the last 10 000, never reading the test set. The default
-run trains on all 60 000 and reads the test set once, at the end (its last line): 99.61 % with
-members of 99.54 % each, 1,335 s of training on 2 CPU cores (the members' settings are the single
-model's earlier ones; the ensemble's size and length are not yet chosen on validation).
+scores every member and the ensemble on the last 10 000, never reading the test set. The
+defaults were chosen there, at equal epochs per member: rotations up to 10° with shifts up to 2
+pixels gave members of 99.50, 99.45, 99.58 % (ensemble of 3: 99.59 %), shifts alone 99.38, 99.27,
+99.47, 99.39 % (ensemble of 4: 99.43 %), 11 epochs each; three members of 11 epochs fit in 20
+minutes of training here. The default run trains on all 60 000 and reads the test set once, at
+the end (its last line): 99.61 % (members 99.58, 99.53, 99.54 %) in 894 s of training on 2 CPU
+cores.
 Fashion-MNIST is looked for beside the MNIST folder (e.g. ../shared/data/fashion-mnist).
 """
 import argparse
@@ -57,7 +60,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=["mnist", "fashion"], default="mnist")
     parser.add_argument("--members", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per member")
+    parser.add_argument("--epochs", type=int, default=11, help="epochs per member")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the parameters")

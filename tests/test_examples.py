@@ -68,6 +68,6 @@ def test_mnist_cnn_reaches_its_claimed_99_3_percent(mnist_dir):
     assert _run_claim("mnist_cnn.py", mnist_dir) >= 99.3
 
 
-@pytest.mark.claims   # ~23 min on 2 cores
+@pytest.mark.claims   # ~16 min on 2 cores
 def test_mnist_best_reaches_its_claimed_99_5_percent(mnist_dir):
     assert _run_claim("mnist_best.py", mnist_dir) >= 99.5
