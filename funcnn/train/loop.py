@@ -261,6 +261,7 @@ def fit(model, loss, optimizer, train: Sequence, *, epochs: int,
                              size, augment, mesh, divergence, ratio_every) for size in set(sizes)}
     programs = {}   # batch size -> its epoch program, fetched from the cache on first use
     data, train_key = prepare(x, y, max_device_bytes, mesh), jax.random.split(key)[1]
+
     def epoch_input(epoch):   # the epoch's key and batch order: functions of (key, epoch, B)
         epoch_key = jax.random.fold_in(train_key, epoch)
         return epoch_key, data.order(epoch_key, sizes[epoch - 1])
