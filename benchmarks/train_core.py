@@ -11,7 +11,7 @@ sigmoid/tanh SGD; batch 128, 60 000 examples on the device):
     `make_step` with its metrics returned or dropped inside the jit (equal work to each stax loop);
   - whole epochs: a bare `lax.scan` of `make_step` over the permuted device-resident epoch,
     against `fn.train.fit`'s epoch program (guarded; with and without the update-ratio
-    sampling) and against `fit` itself (one epoch per call).
+    sampling) and against `fit` itself (one call of k epochs).
 """
 import argparse
 import functools

@@ -3,7 +3,7 @@ whether the setting changes the trained result.
 
 Each setting runs in its own subprocess (XLA reads XLA_FLAGS once, when jax starts its backend):
 A (784-512-512-10 ReLU Adam) and B (784-64-16-10 sigmoid/tanh SGD) from benchmarks/mlp.py and
-C (the CNN of benchmarks/cnn.py), each as `fn.train.fit` one epoch per call, measured alternating
+C (the CNN of benchmarks/cnn.py), each as `fn.train.fit` (harness.fit_epochs), measured alternating
 inside the child with benchmarks/harness.py. The child also runs `--check-steps` jitted
 `make_step` steps of each workload from the same init on the same batches and saves the
 parameters; the parent prints max |Δθ| against the baseline's (0 = bit-identical) and the largest
