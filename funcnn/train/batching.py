@@ -62,7 +62,8 @@ class TrainingData(NamedTuple):
         """One epoch of `program` (compiled for `batch_size`) over `order` (default
         `self.order(epoch_key, batch_size)`): (carry, metrics as numpy rows, meanwhile()).
         `meanwhile` runs after the epoch is dispatched, before its results are awaited: host work
-        for the next epoch that overlaps this one's device work."""
+        for the next epoch that overlaps this one's device work (streamed data: after the last
+        chunk)."""
         order = self.order(epoch_key, batch_size) if order is None else order
         if self.budget is None:
             carry, metrics = program(self.place(carry), self.images, self.labels, epoch_key, order)

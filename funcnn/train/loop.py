@@ -22,7 +22,7 @@ from funcnn.train import callbacks as cbs
 from funcnn.train.batching import TrainingData, batch_sizes, prepare
 from funcnn.train.cache import compiled, init_program
 from funcnn.train.epoch import (
-    DIVERGENCE, epoch_order, exploded, full_batch_step, make_epoch, ratio_columns, start)
+    DIVERGENCE, exploded, full_batch_step, make_epoch, ratio_columns, start)
 from funcnn.train.evaluate import check_count, check_labels, check_pair, evaluate_checked
 from funcnn.train.step import make_step
 
@@ -322,17 +322,17 @@ def _train_epoch(program, config: _Config, data: TrainingData, result: FitResult
     history.update({k: [v] for k, v in record.items() if k not in history})
     result = FitResult(carry.params, carry.state, carry.opt_state, history, result.epoch + 1)
     if bad_step >= 0:
-        raise _diverged(config, data, result, epoch_key, metrics["loss"][bad_step], bad_step,
-                        reference)
+        raise _diverged(config, data, result, epoch_key, np.asarray(order)[bad_step],
+                        metrics["loss"][bad_step], bad_step, reference)
     logs["samples_per_second"] = len(metrics["loss"]) * config.batch_size / logs["epoch_time"]
     return result, logs, reference, ahead
 
 
-def _diverged(config: _Config, data: TrainingData, result: FitResult, epoch_key, bad_loss, bad_step,
-              reference) -> TrainingDiverged:
-    """The error for step `bad_step` of epoch `result.epoch`, with what is known of its cause."""
+def _diverged(config: _Config, data: TrainingData, result: FitResult, epoch_key, rows, bad_loss,
+              bad_step, reference) -> TrainingDiverged:
+    """The error for step `bad_step` of epoch `result.epoch` (its examples: `rows` of the data),
+    with what is known of its cause."""
     divergence = config.divergence
-    rows = epoch_order(epoch_key, len(data.images), config.batch_size)[bad_step]
     x, y = (np.asarray(a)[rows] for a in (data.images, data.labels))   # no gather to compile
     steps = len(data.images) // config.batch_size
     where = f"fit: at epoch {result.epoch}, step {bad_step + 1} of {steps}"
